@@ -1,0 +1,24 @@
+import os
+import sys
+
+from absl import flags
+import pytest
+
+# grain worker processes read absl flags; tests do not go through app.run.
+flags.FLAGS.mark_as_parsed()
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, 'configs')
+
+
+@pytest.fixture
+def repo():
+  return REPO
+
+
+def run_main(args, env=None, timeout=600):
+  """Runs python -m vit_jax.main; returns the CompletedProcess."""
+  import subprocess
+  full_env = dict(os.environ, **(env or {}))
+  return subprocess.run([sys.executable, '-m', 'vit_jax.main', *args], cwd=REPO,
+                        capture_output=True, text=True, env=full_env, timeout=timeout)

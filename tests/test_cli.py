@@ -1,0 +1,58 @@
+"""python -m vit_jax.main: one-line errors before any work, and overrides that take effect."""
+import json
+import os
+
+import pytest
+
+from conftest import run_main
+
+
+def _one_line_error(proc, *fragments):
+  assert proc.returncode != 0
+  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+  assert len(lines) == 1, proc.stderr
+  assert lines[0].startswith('error: ')
+  for f in fragments:
+    assert f in lines[0], lines[0]
+
+
+@pytest.mark.parametrize('args,fragments', [
+    (['--config', 'configs/nope.py'], ["config file 'configs/nope.py' not found", 'register.py']),
+    (['--config', 'configs/vanilla.py:quik'], ["unknown config argument 'quik'", "'quick'"]),
+    (['--config', 'configs/vanilla.py:quick', '--config.modle.depth=2'],
+     ["unknown config key 'modle'", "did you mean 'model'"]),
+    (['--config', 'configs/vanilla.py:quick', '--config.model.dept=2'],
+     ["unknown config key 'dept' in --config.model.dept", "'depth'"]),
+    (['--config', 'configs/vanilla.py:quick', '--config.model.depth=two'],
+     ['--config.model.depth=two', 'invalid literal for int()']),
+    (['--config', 'configs/vanilla.py:quick', '--config.model.gate=g3'],
+     ["model.gate='g3' is not one of ('none', 'g1', 'g2')"]),
+    (['--config', 'configs/vanilla.py:quick', '--config.trainer=fit'],
+     ["trainer='fit' is not one of ('train',)"]),
+    (['--config', 'configs/vanilla.py:quick', '--config.batch_size=0'],
+     ['batch_size=0 must be a positive multiple']),
+])
+def test_bad_input_is_one_line(tmp_path, args, fragments):
+  workdir = tmp_path / 'run'
+  proc = run_main(args + ['--workdir', str(workdir)])
+  _one_line_error(proc, *fragments)
+  assert not workdir.exists()  # nothing was started
+
+
+def test_unprepared_dataset_names_the_prepare_command(tmp_path):
+  proc = run_main(['--config', 'configs/deit_cifar100.py', '--workdir', str(tmp_path / 'run')],
+                  env={'TFDS_DATA_DIR': str(tmp_path / 'tfds')})
+  _one_line_error(proc, "dataset 'cifar100' is not prepared",
+                  "tfds.builder('cifar100').download_and_prepare(file_format='array_record')")
+
+
+def test_quick_run_with_overrides(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = run_main(['--config', 'configs/register.py:quick', '--workdir', str(workdir),
+                   '--config.total_epochs=2', '--config.model.depth=2'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'epoch   2/2' in proc.stdout and 'final validation top-1' in proc.stdout
+  config = json.loads((workdir / 'config.json').read_text())
+  assert config['total_epochs'] == 2 and config['model']['depth'] == 2
+  assert config['model']['num_registers'] == 4
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))

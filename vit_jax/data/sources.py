@@ -1,0 +1,76 @@
+"""Random-access data sources: each item is {'image': uint8 (H, W, 3), 'label': int}."""
+import os
+
+import numpy as np
+
+DATASETS = ('digits', 'cifar10', 'cifar100')
+_TFDS_SPLITS = {'train': 'train', 'val': 'test'}
+DIGITS_VAL_SIZE = 297   # fixed split of the 1,797 images: 1,500 train / 297 validation
+
+
+class ArraySource:
+  """In-memory images and labels (grain's RandomAccessDataSource protocol)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, name: str):
+    self.images, self.labels, self.name = images, labels, name
+
+  def __repr__(self):  # grain checks this against the checkpointed iterator state
+    return f'ArraySource({self.name}, {len(self)} images of {self.images.shape[1:]})'
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, i):
+    return {'image': self.images[i], 'label': np.int32(self.labels[i])}
+
+
+def digits(split: str, image_size: int) -> ArraySource:
+  """scikit-learn's bundled 8x8 digits, upsampled (nearest) to image_size, grey -> RGB."""
+  from sklearn.datasets import load_digits
+  if image_size % 8:
+    raise ValueError(f'dataset.image_size={image_size} for digits must be a multiple of 8')
+  d = load_digits()
+  images = np.round(d.images * (255 / 16)).astype(np.uint8)          # 0..16 -> 0..255
+  f = image_size // 8
+  images = np.repeat(np.repeat(images, f, axis=1), f, axis=2)
+  images = np.repeat(images[..., None], 3, axis=-1)
+  order = np.random.default_rng(1797).permutation(len(images))       # fixed, not config.seed
+  idx = order[DIGITS_VAL_SIZE:] if split == 'train' else order[:DIGITS_VAL_SIZE]
+  return ArraySource(images[idx], d.target[idx].astype(np.int32), f'digits:{split}')
+
+
+def prepare_command(name: str, data_dir: str) -> str:
+  arg = f", data_dir={data_dir!r}" if data_dir else ''
+  return (f"python -c \"import tensorflow_datasets as tfds; tfds.builder({name!r}{arg})"
+          f".download_and_prepare(file_format='array_record')\"")
+
+
+def check_tfds_prepared(name: str, data_dir: str) -> None:
+  """Fail in one line, without touching the network, if `name` is not prepared."""
+  import tensorflow_datasets as tfds
+  root = data_dir or os.path.expanduser(os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+  builder_dir = os.path.join(root, name)
+  versions = sorted(os.listdir(builder_dir)) if os.path.isdir(builder_dir) else []
+  prepared = [v for v in versions
+              if os.path.exists(os.path.join(builder_dir, v, 'dataset_info.json'))]
+  if not prepared:
+    raise FileNotFoundError(
+        f'dataset {name!r} is not prepared in {root}; prepare it where there is internet '
+        f'with: {prepare_command(name, data_dir)}')
+  del tfds
+
+
+def tfds_source(name: str, split: str, data_dir: str):
+  import tensorflow_datasets as tfds
+  check_tfds_prepared(name, data_dir)
+  return tfds.data_source(name, split=_TFDS_SPLITS[split], data_dir=data_dir or None,
+                          download=False, try_gcs=False)
+
+
+def get(dataset_cfg, split: str):
+  name = dataset_cfg.name
+  if name not in DATASETS:
+    raise ValueError(f'dataset.name={name!r} is not one of {DATASETS}')
+  if name == 'digits':
+    return digits(split, dataset_cfg.image_size)
+  return tfds_source(name, split, dataset_cfg.data_dir)

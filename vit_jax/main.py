@@ -1,0 +1,74 @@
+"""Entry point: python -m vit_jax.main --config configs/register.py[:quick] --workdir DIR."""
+import os
+import re
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (for TensorBoard) is chatty
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from vit_jax import config_lib
+from vit_jax import preflight
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run directory: metrics, checkpoints, events, plots.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _one_line(e: BaseException) -> str:
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  if any(l.startswith('Traceback') for l in lines):  # config file raised: keep its message
+    return lines[-1]
+  return ' '.join(lines)
+
+
+def parse_flags(argv):
+  """absl flag parsing with every config problem reported in one line."""
+  for i, arg in enumerate(argv[1:], 1):
+    value = arg.split('=', 1)[1] if arg.startswith('--config=') else (
+        argv[i + 1] if arg == '--config' and i + 1 < len(argv) else None)
+    if value is not None:
+      path = value.split(':', 1)[0]
+      if not os.path.isfile(path):
+        folder = os.path.dirname(path) or '.'
+        choices = sorted(f for f in os.listdir(folder) if f.endswith('.py')) if os.path.isdir(folder) else []
+        sys.exit(f'error: config file {path!r} not found; files in {folder}/: {", ".join(choices) or "none"}')
+  try:
+    return FLAGS(argv)
+  except (KeyError, AttributeError) as e:  # an override names a key the config lacks
+    key = re.search(r"'(\w+)", str(e))
+    key = key.group(1) if key else str(e)
+    hint = re.search(r'Did you mean "(\w+)"', str(e))
+    arg = next((a.split('=', 1)[0] for a in argv if a.startswith('--config.') and
+                key in a.split('=', 1)[0].split('.')), '--config')
+    sys.exit(f'error: unknown config key {key!r} in {arg}' +
+             (f'; did you mean {hint.group(1)!r}?' if hint else ''))
+  except (flags.Error, ValueError, TypeError) as e:
+    sys.exit(f'error: {_one_line(e)}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}; use --config.key=value for overrides')
+  if not FLAGS['verbosity'].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
+  config = FLAGS.config
+  try:
+    preflight.check(config, FLAGS.workdir)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+  logging.info('JAX devices: %s', jax.devices())
+  if config.trainer == 'train':
+    from vit_jax import train
+    train.train_and_evaluate(config, FLAGS.workdir)
+  else:  # preflight guarantees this is unreachable; kept for new trainers
+    raise AssertionError(f'trainer {config.trainer!r} in {config_lib.TRAINERS} has no dispatch')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

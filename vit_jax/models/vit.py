@@ -1,0 +1,266 @@
+"""One Vision Transformer whose fields express every variant of the seeds.
+
+Token order: [cls, dist?, registers..., patches]. Position embeddings follow
+`pos_embed`: 'patches' (DeiT-III, timm's no_embed_class: only patch tokens get
+one) or 'all' (original DeiT: cls and dist tokens get one too). Registers
+never get one and are dropped at the output.
+
+`__call__` returns (logits, out). `out` always holds the cheap views
+(pre_logits, the normed output patch tokens, per-head logits); with
+`capture=True` it also holds per-block tokens, attention probabilities and
+gate values, so analysis needs no second model.
+"""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vit_jax.models import svd_taps
+
+GATES = ('none', 'g1', 'g2')
+POS_EMBEDS = ('patches', 'all')
+HEADS = ('linear', 'mlp')
+
+_dense_init = nn.initializers.truncated_normal(0.02)
+_gelu = lambda x: nn.gelu(x, approximate=False)  # exact (erf) GELU, as torch
+
+
+def drop_path_rates(max_rate: float, depth: int) -> list[float]:
+  """Stochastic-depth rate per block: linear from 0 at the first to max_rate at the last."""
+  return [max_rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drop the whole residual branch per sample, rescale by 1/keep."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
+    return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+class LayerScale(nn.Module):
+  init_value: float
+
+  @nn.compact
+  def __call__(self, x):
+    gamma = self.param('scale', nn.initializers.constant(self.init_value), (x.shape[-1],))
+    return x * gamma.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with an optional head-specific sigmoid gate.
+
+  G1 gates the SDPA output, G2 gates the values; both compute sigmoid(X W)
+  from the block's pre-normed input X, with no bias, per head and channel.
+  """
+  num_heads: int
+  qkv_bias: bool = True
+  gate: str = 'none'
+  attention_dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool, capture: bool):
+    b, t, width = x.shape
+    h = self.num_heads
+    d = width // h
+    qkv = nn.Dense(3 * width, use_bias=self.qkv_bias, kernel_init=_dense_init,
+                   dtype=self.dtype, name='qkv')(x)
+    q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, h, d), 2, 0)  # each (B, T, H, D)
+    aux = {}
+    if self.gate != 'none':
+      g = nn.Dense(width, use_bias=False, kernel_init=_dense_init, dtype=self.dtype,
+                   name='gate')(x)
+      g = nn.sigmoid(g.astype(jnp.float32)).reshape(b, t, h, d)
+      if capture:
+        aux['gate'] = g
+      g = g.astype(v.dtype)
+      if self.gate == 'g2':
+        v = v * g
+    need_probs = capture or (self.attention_dropout_rate > 0 and not deterministic)
+    if need_probs:
+      logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) / jnp.sqrt(d)
+      probs = jax.nn.softmax(logits, axis=-1)
+      if capture:
+        aux['attn'] = probs
+      probs = nn.Dropout(self.attention_dropout_rate)(probs, deterministic)
+      y = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v)
+    else:
+      y = jax.nn.dot_product_attention(q, k, v)
+    if self.gate == 'g1':
+      y = y * g
+    return nn.Dense(width, kernel_init=_dense_init, dtype=self.dtype,
+                    name='proj')(y.reshape(b, t, width)), aux
+
+
+class Mlp(nn.Module):
+  hidden: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    width = x.shape[-1]
+    x = nn.Dense(self.hidden, kernel_init=_dense_init, dtype=self.dtype, name='fc1')(x)
+    x = nn.Dropout(self.dropout_rate)(_gelu(x), deterministic)
+    return nn.Dense(width, kernel_init=_dense_init, dtype=self.dtype, name='fc2')(x)
+
+
+class Block(nn.Module):
+  """Pre-norm block: x + drop_path(ls * attn(norm(x))), then the same for the MLP."""
+  num_heads: int
+  mlp_ratio: float
+  qkv_bias: bool
+  gate: str
+  layerscale_init: float
+  drop_path_rate: float
+  dropout_rate: float
+  attention_dropout_rate: float
+  layer_norm_eps: float
+  dtype: Any
+
+  def _branch(self, y, name, deterministic):
+    y = nn.Dropout(self.dropout_rate)(y, deterministic)
+    if self.layerscale_init:
+      y = LayerScale(self.layerscale_init, name=f'ls_{name}')(y)
+    return DropPath(self.drop_path_rate)(y, deterministic)
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool, capture: bool):
+    norm = lambda name: nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name=name)
+    y, aux = Attention(self.num_heads, self.qkv_bias, self.gate,
+                       self.attention_dropout_rate, self.dtype, name='attn')(
+                           norm('norm1')(x), deterministic, capture)
+    x = x + self._branch(y, 'attn', deterministic)
+    y = Mlp(int(x.shape[-1] * self.mlp_ratio), self.dropout_rate, self.dtype,
+            name='mlp')(norm('norm2')(x), deterministic)
+    x = x + self._branch(y, 'mlp', deterministic)
+    return x, aux
+
+
+class Head(nn.Module):
+  """'linear', or seed 000's MLP head: Dense(width) -> GELU -> LayerNorm -> Dropout -> Dense."""
+  num_classes: int
+  kind: str
+  hidden: int
+  dropout_rate: float
+  layer_norm_eps: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    x = x.astype(jnp.float32)
+    if self.kind == 'mlp':
+      x = _gelu(nn.Dense(self.hidden, kernel_init=_dense_init, name='hidden')(x))
+      x = nn.LayerNorm(self.layer_norm_eps, name='norm')(x)
+      x = nn.Dropout(self.dropout_rate)(x, deterministic)
+    return nn.Dense(self.num_classes, kernel_init=_dense_init, name='out')(x)
+
+
+class ViT(nn.Module):
+  num_classes: int
+  image_size: int = 224
+  patch_size: int = 16
+  width: int = 384
+  depth: int = 12
+  num_heads: int = 6
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  layerscale_init: float = 1e-4      # 0 switches LayerScale off
+  drop_path_rate: float = 0.0        # at the last block; linear in depth from 0
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  num_registers: int = 0
+  pos_embed: str = 'patches'
+  distillation: bool = False
+  gate: str = 'none'
+  svd_tap_layers: Sequence[int] = ()  # 1-indexed blocks whose output is tapped
+  svd_rank: int = 32
+  head: str = 'linear'
+  head_dropout_rate: float = 0.0
+  layer_norm_eps: float = 1e-6
+  dtype: Any = jnp.float32
+
+  def _check(self):
+    for name, value, allowed in (('gate', self.gate, GATES),
+                                 ('pos_embed', self.pos_embed, POS_EMBEDS),
+                                 ('head', self.head, HEADS)):
+      if value not in allowed:
+        raise ValueError(f'model.{name}={value!r} is not one of {allowed}')
+    if self.image_size % self.patch_size:
+      raise ValueError(f'model.image_size={self.image_size} is not a multiple of '
+                       f'model.patch_size={self.patch_size}')
+    if self.width % self.num_heads:
+      raise ValueError(f'model.width={self.width} is not divisible by '
+                       f'model.num_heads={self.num_heads}')
+    bad = [l for l in self.svd_tap_layers if not 1 <= l <= self.depth]
+    if bad:
+      raise ValueError(f'model.svd_tap_layers has {bad}; layers are 1..{self.depth}')
+
+  def _token(self, name, n, std=0.02):
+    return self.param(name, nn.initializers.truncated_normal(std), (1, n, self.width))
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False, capture: bool = False):
+    self._check()
+    deterministic = not train
+    b = images.shape[0]
+    x = nn.Conv(self.width, (self.patch_size,) * 2, strides=(self.patch_size,) * 2,
+                padding='VALID', dtype=self.dtype, name='patch_embed')(images.astype(self.dtype))
+    x = x.reshape(b, -1, self.width)
+    n_patches = x.shape[1]
+
+    special = [self._token('cls', 1)]
+    if self.distillation:
+      special.append(self._token('dist', 1))
+    n_special = len(special)
+    special = [jnp.broadcast_to(t, (b, 1, self.width)).astype(x.dtype) for t in special]
+    if self.pos_embed == 'patches':
+      x = x + self._token('pos_embedding', n_patches).astype(x.dtype)
+      x = jnp.concatenate(special + [x], axis=1)
+    else:
+      x = jnp.concatenate(special + [x], axis=1)
+      x = x + self._token('pos_embedding', n_special + n_patches).astype(x.dtype)
+    if self.num_registers:
+      reg = jnp.broadcast_to(self._token('registers', self.num_registers),
+                             (b, self.num_registers, self.width)).astype(x.dtype)
+      x = jnp.concatenate([x[:, :n_special], reg, x[:, n_special:]], axis=1)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic)
+    first_patch = n_special + self.num_registers
+
+    out = {'blocks': [], 'attn': [], 'gates': []} if capture else {}
+    svd_feats = []
+    for i, rate in enumerate(drop_path_rates(self.drop_path_rate, self.depth)):
+      x, aux = Block(self.num_heads, self.mlp_ratio, self.qkv_bias, self.gate,
+                     self.layerscale_init, rate, self.dropout_rate,
+                     self.attention_dropout_rate, self.layer_norm_eps, self.dtype,
+                     name=f'block_{i}')(x, deterministic, capture)
+      if capture:
+        out['blocks'].append(x)
+        out['attn'].append(aux['attn'])
+        if 'gate' in aux:
+          out['gates'].append(aux['gate'])
+      if i + 1 in self.svd_tap_layers:
+        proj = nn.Dense(self.svd_rank, use_bias=False, kernel_init=_dense_init,
+                        name=f'svd_proj_{len(svd_feats)}')(x[:, first_patch:].astype(jnp.float32))
+        svd_feats.append(svd_taps.tap_features(proj))
+
+    x = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm')(x)
+    out['patch_tokens'] = x[:, first_patch:]
+    head = lambda name: Head(self.num_classes, self.head, self.width, self.head_dropout_rate,
+                             self.layer_norm_eps, name=name)
+    cls = x[:, 0].astype(jnp.float32)
+    out['pre_logits'] = cls
+    logits = head('head')(jnp.concatenate([cls] + svd_feats, -1), deterministic)
+    if self.distillation:
+      out['cls_logits'] = logits
+      out['dist_logits'] = head('head_dist')(
+          jnp.concatenate([x[:, 1].astype(jnp.float32)] + svd_feats, -1), deterministic)
+      logits = (out['cls_logits'] + out['dist_logits']) / 2
+    return logits, out

@@ -1,0 +1,38 @@
+"""Checks run before any work: a bad value gets one line naming it and what is accepted."""
+import os
+
+import jax
+
+from vit_jax import config_lib
+from vit_jax import losses
+from vit_jax import models
+from vit_jax import optim
+from vit_jax import token_norms
+from vit_jax.data import sources
+
+
+def check(config, workdir: str) -> None:
+  if config.trainer not in config_lib.TRAINERS:
+    raise ValueError(f'trainer={config.trainer!r} is not one of {config_lib.TRAINERS}')
+  if config.loss.name not in losses.LOSSES:
+    raise ValueError(f'loss.name={config.loss.name!r} is not one of {tuple(losses.LOSSES)}')
+  if config.optim.name not in optim.OPTIMIZERS:
+    raise ValueError(f'optim.name={config.optim.name!r} is not one of {optim.OPTIMIZERS}')
+  optim.scaled_lr(config.optim, config.batch_size)
+  if config.probe.outlier_rule not in token_norms.OUTLIER_RULES:
+    raise ValueError(f'probe.outlier_rule={config.probe.outlier_rule!r} is not one of '
+                     f'{token_norms.OUTLIER_RULES}')
+  if config.model.image_size != config.dataset.image_size:
+    raise ValueError(f'model.image_size={config.model.image_size} differs from '
+                     f'dataset.image_size={config.dataset.image_size}')
+  models.build_model(config.model, config.dataset.num_classes, config.dtype)
+  n = jax.device_count()
+  for name in ('batch_size', 'eval_batch_size'):
+    if config[name] <= 0 or config[name] % n:
+      raise ValueError(f'{name}={config[name]} must be a positive multiple of the {n} devices')
+  if config.dataset.name not in sources.DATASETS:
+    raise ValueError(f'dataset.name={config.dataset.name!r} is not one of {sources.DATASETS}')
+  if config.dataset.name != 'digits':
+    sources.check_tfds_prepared(config.dataset.name, config.dataset.data_dir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'workdir={workdir!r} exists and is not a directory')

@@ -1,0 +1,236 @@
+"""Training and evaluation: a jitted, data-parallel train step over a device mesh."""
+import functools
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+import flax
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from vit_jax import checkpoint
+from vit_jax import losses
+from vit_jax import metrics_io
+from vit_jax import models
+from vit_jax import optim
+from vit_jax import token_norms
+from vit_jax.data import pipeline
+from vit_jax.data import sources
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(AxisType.Auto,),
+                       devices=devices)
+
+
+def normalize(images, dataset_cfg):
+  mean = jnp.asarray(dataset_cfg.mean, jnp.float32)
+  std = jnp.asarray(dataset_cfg.std, jnp.float32)
+  return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def loss_fn_from(config):
+  name = config.loss.name
+  if name not in losses.LOSSES:
+    raise ValueError(f'loss.name={name!r} is not one of {tuple(losses.LOSSES)}')
+  return losses.LOSSES[name]
+
+
+def train_step(state: TrainState, batch, *, model, tx, config, base_rng):
+  """One optimizer step on a global batch; returns the new state and metrics."""
+  rng = jax.random.fold_in(base_rng, state.step)
+  images = normalize(batch['image'], config.dataset)
+  targets = losses.smooth_labels(
+      jax.nn.one_hot(batch['label'], config.dataset.num_classes), config.loss.label_smoothing)
+  loss_of = loss_fn_from(config)
+
+  def objective(params):
+    logits, out = model.apply({'params': params}, images, train=True, rngs={'dropout': rng})
+    if model.distillation:  # no teacher yet: both heads learn the labels
+      return 0.5 * loss_of(out['cls_logits'], targets) + 0.5 * loss_of(out['dist_logits'], targets)
+    return loss_of(logits, targets)
+
+  loss, grads = jax.value_and_grad(objective)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+
+
+def eval_step(params, batch, *, model, config):
+  """Sums over the real (mask) examples of a padded batch."""
+  logits, _ = model.apply({'params': params}, normalize(batch['image'], config.dataset))
+  labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
+  onehot = jax.nn.one_hot(labels, config.dataset.num_classes)
+  nll = optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
+  return {'loss': (nll * mask).sum(), 'acc1': (losses.topk_correct(logits, labels, 1) * mask).sum(),
+          'acc5': (losses.topk_correct(logits, labels, 5) * mask).sum(), 'count': mask.sum()}
+
+
+def probe_norms(params, images, *, model, config):
+  """L2 norm of every output patch token of the probe images: (B, N_patches)."""
+  _, out = model.apply({'params': params}, normalize(images, config.dataset))
+  return jnp.linalg.norm(out['patch_tokens'].astype(jnp.float32), axis=-1)
+
+
+class Trainer:
+  """Holds the compiled steps and shardings of one config on one mesh."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+    self.config = config
+    self.mesh = make_mesh() if mesh is None else mesh
+    n_dev = self.mesh.devices.size
+    for name in ('batch_size', 'eval_batch_size'):
+      if config[name] % n_dev:
+        raise ValueError(f'{name}={config[name]} is not divisible by the {n_dev} devices')
+    self.model = models.build_model(config.model, config.dataset.num_classes, config.dtype)
+    self.data_sharding = NamedSharding(self.mesh, P('data'))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.init_rng, self.base_rng = jax.random.split(jax.random.key(config.seed))
+
+  def setup(self, steps_per_epoch: int) -> TrainState:
+    c = self.config
+    self.steps_per_epoch = steps_per_epoch
+    self.lr_fn = optim.schedule(c.optim, c.batch_size, steps_per_epoch, c.total_epochs)
+    self.tx = optim.build(c.optim, self.lr_fn)
+
+    def init(rng):
+      params = models.init_params(self.model, rng)
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=self.tx.init(params))
+
+    abstract = jax.eval_shape(init, self.init_rng)
+    self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
+    self._init = jax.jit(init, out_shardings=self.state_sharding)
+    self.train_step = jax.jit(
+        functools.partial(train_step, model=self.model, tx=self.tx, config=c,
+                          base_rng=self.base_rng),
+        in_shardings=(self.state_sharding, self.data_sharding),
+        out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+    self.eval_step = jax.jit(functools.partial(eval_step, model=self.model, config=c),
+                             in_shardings=(self.state_sharding.params, self.data_sharding),
+                             out_shardings=self.replicated)
+    self.probe = jax.jit(functools.partial(probe_norms, model=self.model, config=c),
+                         in_shardings=(self.state_sharding.params, self.data_sharding),
+                         out_shardings=self.replicated)
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+        self.state_sharding)
+    return self._init(self.init_rng)
+
+  def global_batch(self, local: dict) -> dict:
+    """Process-local rows -> one global array sharded over the data axis."""
+    return {k: jax.make_array_from_process_local_data(self.data_sharding, v)
+            for k, v in local.items()}
+
+  def _local_rows(self, batch: dict) -> dict:
+    n = jax.process_count()
+    rows = len(next(iter(batch.values()))) // n
+    i = jax.process_index()
+    return {k: v[i * rows:(i + 1) * rows] for k, v in batch.items()}
+
+  def evaluate(self, params, source) -> dict:
+    totals = None
+    for batch in pipeline.eval_batches(source, self.config.eval_batch_size):
+      sums = self.eval_step(params, self.global_batch(self._local_rows(batch)))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = float(totals['count'])
+    return {'val_loss': float(totals['loss']) / count,
+            'val_acc1': 100.0 * float(totals['acc1']) / count,
+            'val_acc5': 100.0 * float(totals['acc5']) / count}
+
+  def probe_batch(self, source) -> dict:
+    n = self.config.probe.num_images
+    n_dev = self.mesh.devices.size
+    n = max(n_dev, n - n % n_dev)
+    batch = next(pipeline.eval_batches(source, n, limit=n))
+    return self.global_batch(self._local_rows({'image': batch['image']}))['image']
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop_after_epoch: int | None = None) -> dict:
+  """Train from scratch, or resume from workdir's latest checkpoint; returns the last row.
+
+  `stop_after_epoch` ends this invocation early (checkpoint written), as a
+  time-limited job would; running again resumes.
+  """
+  is_main = jax.process_index() == 0
+  train_src = sources.get(config.dataset, 'train')
+  val_src = sources.get(config.dataset, 'val')
+  trainer = Trainer(config)
+  per_process = config.batch_size // jax.process_count()
+  steps_per_epoch = len(train_src) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'batch_size={config.batch_size} is larger than the '
+                     f'{len(train_src)} training images')
+  state = trainer.setup(steps_per_epoch)
+  loader = pipeline.train_loader(train_src, config.dataset, per_process, config.seed)
+  data_iter = iter(loader)
+
+  os.makedirs(os.path.join(workdir, 'l2_norms'), exist_ok=True)
+  mngr = checkpoint.manager(workdir, config.checkpoint_every_epochs)
+  start_epoch = mngr.latest_step() or 0
+  if start_epoch:
+    state = checkpoint.restore(mngr, start_epoch, trainer.abstract_state, data_iter)
+    logging.info('Resumed from epoch %d', start_epoch)
+    print(f'resumed from {workdir}/checkpoints at epoch {start_epoch}', flush=True)
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main,
+                                                asynchronous=False)
+  n_params = models.count_params(state.params)
+  print(f'model: {n_params:,} parameters; {steps_per_epoch} steps/epoch of '
+        f'{config.batch_size} on {trainer.mesh.devices.size} device(s)', flush=True)
+  probe = trainer.probe_batch(val_src)
+  csv_path = os.path.join(workdir, 'metrics.csv')
+
+  row = {}
+  for epoch in range(start_epoch + 1, config.total_epochs + 1):
+    t0 = time.perf_counter()
+    step_metrics = []
+    for _ in range(steps_per_epoch):
+      state, m = trainer.train_step(state, trainer.global_batch(next(data_iter)))
+      step_metrics.append(m)
+    step_metrics = jax.device_get(step_metrics)
+    train_time = time.perf_counter() - t0
+    row = {'epoch': epoch,
+           'train_loss': float(np.mean([m['loss'] for m in step_metrics])),
+           **trainer.evaluate(state.params, val_src),
+           'lr': float(trainer.lr_fn(epoch * steps_per_epoch - 1))}
+    norms = np.asarray(jax.device_get(trainer.probe(state.params, probe)))
+    row.update(token_norms.stats(norms, config.probe))
+    row['epoch_time_s'] = time.perf_counter() - t0
+    row['images_per_s'] = steps_per_epoch * config.batch_size / train_time
+    if is_main:
+      np.save(os.path.join(workdir, 'l2_norms', f'epoch{epoch}.npy'), norms)
+      metrics_io.append(csv_path, row, keep_through_epoch=epoch - 1)
+      writer.write_scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
+    print(f"epoch {epoch:3d}/{config.total_epochs} | train loss {row['train_loss']:.4f} | "
+          f"val loss {row['val_loss']:.4f} acc1 {row['val_acc1']:.2f}% acc5 {row['val_acc5']:.2f}% | "
+          f"lr {row['lr']:.2e} | {row['images_per_s']:.0f} img/s | {row['epoch_time_s']:.1f}s",
+          flush=True)
+    checkpoint.save(mngr, epoch, state, data_iter, {'val_acc1': row['val_acc1']})
+    if stop_after_epoch is not None and epoch >= stop_after_epoch:
+      break
+  writer.flush()
+  mngr.close()
+  if row:
+    print(f"final validation top-1: {row['val_acc1']:.2f}% (epoch {row['epoch']})", flush=True)
+  return row
