@@ -3,7 +3,9 @@ import os
 import re
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (for TensorBoard) is chatty
+# TensorFlow is imported only for TensorBoard writing; keep its start-up quiet.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 from absl import app
 from absl import flags
