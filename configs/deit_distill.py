@@ -1,11 +1,15 @@
 r"""Original DeiT-S with a distillation token (seed 001), ImageNet-100, 300 epochs.
 
-The cls and dist tokens both get position embeddings; the dist token has its
-own head and the two heads' logits are averaged at evaluation. Until a
-ConvNet teacher is wired in, both heads are trained on the labels.
+The cls and dist tokens both get position embeddings; the cls head learns the
+labels, the dist head the frozen ConvNet teacher's argmax (hard distillation,
+0.5/0.5); their logits are averaged at evaluation. The teacher is a workdir
+made by configs/teacher_resnet.py (its best checkpoint), or one
+checkpoints/<epoch> directory of it; --config.teacher.kind=none trains both
+heads on the labels instead (the no-teacher baseline).
 
-  python -m vit_jax.main --config configs/deit_distill.py --workdir runs/deit_distill
-  python -m vit_jax.main --config configs/deit_distill.py:quick --workdir runs/distill_quick
+  python -m vit_jax.main --config configs/teacher_resnet.py:quick --workdir runs/teacher_quick
+  python -m vit_jax.main --config configs/deit_distill.py:quick --workdir runs/distill_quick \
+      --config.teacher.checkpoint=runs/teacher_quick
 """
 from vit_jax import config_lib
 

@@ -31,6 +31,12 @@ def _one_line_error(proc, *fragments):
      ["trainer='fit' is not one of ('train',)"]),
     (['--config', 'configs/vanilla.py:quick', '--config.batch_size=0'],
      ['batch_size=0 must be a positive multiple']),
+    (['--config', 'configs/deit_distill.py:quick'],
+     ["teacher.checkpoint='' does not exist", 'configs/teacher_resnet.py']),
+    (['--config', 'configs/deit_distill.py:quick', '--config.teacher.checkpoint=runs/none'],
+     ["teacher.checkpoint='runs/none' does not exist"]),
+    (['--config', 'configs/vanilla.py:quick', '--config.teacher.kind=hard'],
+     ["teacher.kind='hard' needs model.distillation=True"]),
 ])
 def test_bad_input_is_one_line(tmp_path, args, fragments):
   workdir = tmp_path / 'run'

@@ -54,3 +54,94 @@ def test_schedule_warmup_then_cosine():
   np.testing.assert_allclose(fn(20), peak, rtol=1e-5)
   np.testing.assert_allclose(fn(70), 1e-5 + (peak - 1e-5) * 0.5, rtol=1e-4)  # halfway cosine
   np.testing.assert_allclose(fn(120), 1e-5, rtol=1e-4)
+
+
+def _np_adam(grads, b1, b2, eps):
+  """Bias-corrected Adam directions for a sequence of gradients (float64)."""
+  m = v = 0.0
+  out = []
+  for t, g in enumerate(grads, 1):
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    out.append((m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps))
+  return out
+
+
+def _grad_sequence(rng, shapes, steps):
+  return [{k: rng.normal(size=s) for k, s in shapes.items()} for _ in range(steps)]
+
+
+def _run(tx, params, grads):
+  state = tx.init(params)
+  for g in grads:
+    g = jax.tree.map(jnp.asarray, g)
+    updates, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, updates)
+  return params
+
+
+def test_lamb_three_steps_by_hand():
+  lr, wd, b1, b2, eps = 0.01, 0.05, 0.9, 0.999, 1e-6
+  rng = np.random.default_rng(0)
+  shapes = {'kernel': (3, 4), 'bias': (4,), 'pos_embedding': (1, 2, 4)}
+  params = {k: rng.normal(size=s) for k, s in shapes.items()}
+  grads = _grad_sequence(rng, shapes, 3)
+
+  expected = {k: v.copy() for k, v in params.items()}
+  dirs = {k: _np_adam([g[k] for g in grads], b1, b2, eps) for k in shapes}
+  for t in range(3):
+    w = expected['kernel']
+    u = dirs['kernel'][t] + wd * w
+    expected['kernel'] = w - lr * np.linalg.norm(w) / np.linalg.norm(u) * u
+    for k in ('bias', 'pos_embedding'):              # Adam-like: no decay, no trust ratio
+      expected[k] = expected[k] - lr * dirs[k][t]
+
+  tx = optim.lamb(lr, b1, b2, eps, wd, optim.decay_mask)
+  got = _run(tx, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params), grads)
+  chex.assert_trees_all_close(got, expected, rtol=2e-5, atol=1e-6)
+
+
+def test_adamw_with_clipping_three_steps_by_hand():
+  cfg = ml_collections.ConfigDict(dict(name='adamw', b1=0.9, b2=0.999, eps=1e-8,
+                                       weight_decay=0.1, clip_grad_norm=1.0))
+  lr = 0.02
+  rng = np.random.default_rng(1)
+  shapes = {'kernel': (4, 4), 'scale': (4,)}
+  params = {k: rng.normal(size=s) for k, s in shapes.items()}
+  grads = _grad_sequence(rng, shapes, 3)
+  clipped = []
+  for g in grads:
+    norm = np.sqrt(sum((x**2).sum() for x in g.values()))
+    clipped.append({k: x * min(1.0, 1.0 / norm) for k, x in g.items()})
+  dirs = {k: _np_adam([g[k] for g in clipped], 0.9, 0.999, 1e-8) for k in shapes}
+  expected = {k: v.copy() for k, v in params.items()}
+  for t in range(3):
+    expected['kernel'] = expected['kernel'] - lr * (dirs['kernel'][t] + 0.1 * expected['kernel'])
+    expected['scale'] = expected['scale'] - lr * dirs['scale'][t]
+  got = _run(optim.build(cfg, lr), jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params),
+             grads)
+  chex.assert_trees_all_close(got, expected, rtol=2e-5, atol=1e-6)
+
+
+def test_layerscale_starvation_of_seed_002():
+  """gamma = 1e-4: the masked chain moves it by ~lr; optax.lamb by ~lr * ||gamma|| / ||update||."""
+  lr, wd = 1e-3, 0.05
+  rng = np.random.default_rng(2)
+  params = {'kernel': jnp.asarray(rng.normal(size=(384, 384)) * 0.02, jnp.float32),
+            'ls': {'scale': jnp.full((384,), 1e-4, jnp.float32)}}
+  grads = {'kernel': jnp.asarray(rng.normal(size=(384, 384)), jnp.float32),
+           'ls': {'scale': jnp.asarray(rng.normal(size=384), jnp.float32)}}
+
+  def gamma_step(tx):
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return np.abs(np.asarray(updates['ls']['scale'], np.float64))
+
+  g = np.asarray(grads['ls']['scale'], np.float64)
+  masked = gamma_step(optim.lamb(lr, 0.9, 0.999, 1e-6, wd, optim.decay_mask))
+  np.testing.assert_allclose(masked, lr * np.abs(g) / (np.abs(g) + 1e-6), rtol=1e-4)  # ~lr
+
+  plain = gamma_step(optax.lamb(lr, weight_decay=wd, mask=optim.decay_mask))
+  u = g / (np.abs(g) + 1e-6)                                 # Adam direction; decay is masked
+  expected = lr * np.linalg.norm(np.full(384, 1e-4)) / np.linalg.norm(u) * np.abs(u)
+  np.testing.assert_allclose(plain, expected, rtol=1e-4)
+  assert masked.mean() / plain.mean() > 5000                 # starved by ~1e4 per step

@@ -32,3 +32,34 @@ def topk_correct(logits, labels, k: int) -> jax.Array:
   k = min(k, logits.shape[-1])
   _, idx = jax.lax.top_k(logits, k)
   return (idx == labels[:, None]).any(-1).astype(jnp.float32)
+
+
+DISTILLATION_KINDS = ('none', 'hard', 'soft')
+
+
+def hard_distillation(student_logits, teacher_logits):
+  """DeiT hard distillation: cross-entropy against the teacher's argmax."""
+  target = jax.nn.one_hot(jnp.argmax(teacher_logits, -1), student_logits.shape[-1])
+  return optax.softmax_cross_entropy(student_logits.astype(jnp.float32), target).mean()
+
+
+def soft_distillation(student_logits, teacher_logits, tau: float):
+  """KL(teacher || student) at temperature tau, times tau^2 (per example, mean over batch)."""
+  log_p_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / tau, -1)
+  log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / tau, -1)
+  return (jnp.exp(log_p_t) * (log_p_t - log_p_s)).sum(-1).mean() * tau**2
+
+
+def deit_objective(cls_logits, dist_logits, targets, teacher_logits, *, base, kind: str,
+                   alpha: float, tau: float):
+  """cls head on the labels, dist head on the teacher: (1 - alpha) * base + alpha * distill.
+
+  kind 'none' (no teacher): both heads learn the labels, equally weighted.
+  """
+  if kind not in DISTILLATION_KINDS:
+    raise ValueError(f'teacher.kind={kind!r} is not one of {DISTILLATION_KINDS}')
+  if kind == 'none':
+    return 0.5 * base(cls_logits, targets) + 0.5 * base(dist_logits, targets)
+  distill = (hard_distillation(dist_logits, teacher_logits) if kind == 'hard'
+             else soft_distillation(dist_logits, teacher_logits, tau))
+  return (1 - alpha) * base(cls_logits, targets) + alpha * distill

@@ -67,7 +67,10 @@ def main(argv):
   logging.info('JAX devices: %s', jax.devices())
   if config.trainer == 'train':
     from vit_jax import train
-    train.train_and_evaluate(config, FLAGS.workdir)
+    try:
+      train.train_and_evaluate(config, FLAGS.workdir)
+    except FloatingPointError as e:
+      sys.exit(f'error: {e}')
   else:  # preflight guarantees this is unreachable; kept for new trainers
     raise AssertionError(f'trainer {config.trainer!r} in {config_lib.TRAINERS} has no dispatch')
 

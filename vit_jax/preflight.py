@@ -3,10 +3,12 @@ import os
 
 import jax
 
+from vit_jax import checkpoint
 from vit_jax import config_lib
 from vit_jax import losses
 from vit_jax import models
 from vit_jax import optim
+from vit_jax import teacher
 from vit_jax import token_norms
 from vit_jax.data import sources
 
@@ -25,7 +27,14 @@ def check(config, workdir: str) -> None:
   if config.model.image_size != config.dataset.image_size:
     raise ValueError(f'model.image_size={config.model.image_size} differs from '
                      f'dataset.image_size={config.dataset.image_size}')
-  models.build_model(config.model, config.dataset.num_classes, config.dtype)
+  model = models.build_model(config.model, config.dataset.num_classes, config.dtype)
+  if config.teacher.kind not in losses.DISTILLATION_KINDS:
+    raise ValueError(f'teacher.kind={config.teacher.kind!r} is not one of '
+                     f'{losses.DISTILLATION_KINDS}')
+  if config.teacher.kind != 'none':
+    if not getattr(model, 'distillation', False):
+      raise ValueError(f'teacher.kind={config.teacher.kind!r} needs model.distillation=True')
+    teacher.check(config.teacher, config.dataset.num_classes)
   n = jax.device_count()
   for name in ('batch_size', 'eval_batch_size'):
     if config[name] <= 0 or config[name] % n:
@@ -36,3 +45,18 @@ def check(config, workdir: str) -> None:
     sources.check_tfds_prepared(config.dataset.name, config.dataset.data_dir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f'workdir={workdir!r} exists and is not a directory')
+  check_resume(config, workdir, model)
+
+
+def check_resume(config, workdir: str, model) -> None:
+  """A workdir's checkpoint must hold the model this config builds; nothing is touched."""
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+  if not steps:
+    return
+  step_dir = os.path.join(ckpt_dir, str(max(steps)))
+  mismatch = checkpoint.shape_mismatch(checkpoint.saved_param_shapes(step_dir),
+                                       checkpoint.param_shapes(models.abstract_params(model)))
+  if mismatch:
+    raise ValueError(f'workdir {workdir!r} holds a checkpoint of a different model '
+                     f'(epoch {max(steps)}): {mismatch}; use a new --workdir')

@@ -20,6 +20,7 @@ from vit_jax import losses
 from vit_jax import metrics_io
 from vit_jax import models
 from vit_jax import optim
+from vit_jax import teacher
 from vit_jax import token_norms
 from vit_jax.data import pipeline
 from vit_jax.data import sources
@@ -30,6 +31,7 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  bad_step: jax.Array   # first step whose loss or gradient was not finite; -1 if none
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -51,25 +53,45 @@ def loss_fn_from(config):
   return losses.LOSSES[name]
 
 
-def train_step(state: TrainState, batch, *, model, tx, config, base_rng):
-  """One optimizer step on a global batch; returns the new state and metrics."""
+def train_step(state: TrainState, batch, teacher_params=None, *, model, tx, config, base_rng,
+               teacher_model=None):
+  """One optimizer step on a global batch; returns the new state and metrics.
+
+  A step whose loss or gradient is not finite is not applied, and neither is
+  any later one: `bad_step` records it and the host stops the run.
+  """
   rng = jax.random.fold_in(base_rng, state.step)
   images = normalize(batch['image'], config.dataset)
   targets = losses.smooth_labels(
       jax.nn.one_hot(batch['label'], config.dataset.num_classes), config.loss.label_smoothing)
-  loss_of = loss_fn_from(config)
+  base = functools.partial(loss_fn_from(config), **(
+      {'binarize_threshold': config.loss.bce_target_threshold}
+      if config.loss.name == 'sigmoid_bce' else {}))
+  teacher_logits = None
+  if teacher_model is not None:
+    teacher_logits = jax.lax.stop_gradient(
+        teacher_model.apply({'params': teacher_params}, images)[0].astype(jnp.float32))
 
   def objective(params):
     logits, out = model.apply({'params': params}, images, train=True, rngs={'dropout': rng})
-    if model.distillation:  # no teacher yet: both heads learn the labels
-      return 0.5 * loss_of(out['cls_logits'], targets) + 0.5 * loss_of(out['dist_logits'], targets)
-    return loss_of(logits, targets)
+    if getattr(model, 'distillation', False):
+      return losses.deit_objective(out['cls_logits'], out['dist_logits'], targets, teacher_logits,
+                                   base=base, kind=config.teacher.kind,
+                                   alpha=config.teacher.alpha, tau=config.teacher.tau)
+    return base(logits, targets)
 
   loss, grads = jax.value_and_grad(objective)(state.params)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-  return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  apply = finite & (state.bad_step < 0)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+  new_state = TrainState(
+      step=state.step + 1, params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state),
+      bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step))
+  return new_state, {'loss': loss, 'grad_norm': grad_norm}
 
 
 def eval_step(params, batch, *, model, config):
@@ -91,7 +113,8 @@ def probe_norms(params, images, *, model, config):
 class Trainer:
   """Holds the compiled steps and shardings of one config on one mesh."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None, teacher=None):
+    """teacher: None, or (model, params) of a frozen teacher run inside the train step."""
     self.config = config
     self.mesh = make_mesh() if mesh is None else mesh
     n_dev = self.mesh.devices.size
@@ -102,6 +125,9 @@ class Trainer:
     self.data_sharding = NamedSharding(self.mesh, P('data'))
     self.replicated = NamedSharding(self.mesh, P())
     self.init_rng, self.base_rng = jax.random.split(jax.random.key(config.seed))
+    self.teacher_model, teacher_params = teacher if teacher is not None else (None, None)
+    self.teacher_params = (None if teacher_params is None else
+                           jax.device_put(teacher_params, self.replicated))
 
   def setup(self, steps_per_epoch: int) -> TrainState:
     c = self.config
@@ -112,16 +138,17 @@ class Trainer:
     def init(rng):
       params = models.init_params(self.model, rng)
       return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        opt_state=self.tx.init(params))
+                        opt_state=self.tx.init(params), bad_step=jnp.full((), -1, jnp.int32))
 
     abstract = jax.eval_shape(init, self.init_rng)
     self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
     self._init = jax.jit(init, out_shardings=self.state_sharding)
-    self.train_step = jax.jit(
+    step = jax.jit(
         functools.partial(train_step, model=self.model, tx=self.tx, config=c,
-                          base_rng=self.base_rng),
-        in_shardings=(self.state_sharding, self.data_sharding),
+                          base_rng=self.base_rng, teacher_model=self.teacher_model),
+        in_shardings=(self.state_sharding, self.data_sharding, self.replicated),
         out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+    self.train_step = lambda state, batch: step(state, batch, self.teacher_params)
     self.eval_step = jax.jit(functools.partial(eval_step, model=self.model, config=c),
                              in_shardings=(self.state_sharding.params, self.data_sharding),
                              out_shardings=self.replicated)
@@ -173,7 +200,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   is_main = jax.process_index() == 0
   train_src = sources.get(config.dataset, 'train')
   val_src = sources.get(config.dataset, 'val')
-  trainer = Trainer(config)
+  teacher_pair = None
+  if config.teacher.kind != 'none':
+    teacher_pair = teacher.load(config.teacher, config.dataset.num_classes)
+  trainer = Trainer(config, teacher=teacher_pair)
   per_process = config.batch_size // jax.process_count()
   steps_per_epoch = len(train_src) // config.batch_size
   if steps_per_epoch == 0:
@@ -209,6 +239,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state, m = trainer.train_step(state, trainer.global_batch(next(data_iter)))
       step_metrics.append(m)
     step_metrics = jax.device_get(step_metrics)
+    bad_step = int(state.bad_step)
+    if bad_step >= 0:
+      raise FloatingPointError(
+          f'non-finite loss or gradient at step {bad_step} (epoch {epoch}); the step was not '
+          f'applied and the last good checkpoint (epoch {mngr.latest_step()}) is kept')
     train_time = time.perf_counter() - t0
     row = {'epoch': epoch,
            'train_loss': float(np.mean([m['loss'] for m in step_metrics])),

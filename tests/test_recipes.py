@@ -1,0 +1,145 @@
+"""Teacher, distillation inside the train step, mixed precision, non-finite steps, resume checks."""
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import checkpoint
+from vit_jax import config_lib
+from vit_jax import losses
+from vit_jax import models
+from vit_jax import preflight
+from vit_jax import teacher
+from vit_jax import train
+from vit_jax.data import pipeline
+from vit_jax.data import sources
+from vit_jax.models.resnet import ResNet
+
+
+def test_resnet50_param_count_by_hand():
+  # torchvision ResNet-50: 25,557,032 parameters, of which 53,120 are BatchNorm.
+  # v2 keeps every conv and the fc, and has GroupNorms before each conv of a
+  # block (on its input) plus one at the end: 45,440 (worked out per stage).
+  conv_and_fc = 25_557_032 - 53_120
+  count = models.count_params(models.abstract_params(ResNet(1000)))
+  assert count == conv_and_fc + 45_440
+
+
+def test_resnet_shapes():
+  model = ResNet(10, image_size=16, stage_sizes=(1, 1), width=8, groups=4, stem='small')
+  x = jnp.ones((2, 16, 16, 3))
+  params = model.init({'params': jax.random.key(0)}, x)['params']
+  logits, out = model.apply({'params': params}, x)
+  chex.assert_shape([logits, out['patch_tokens']], [(2, 10), (2, 64, 64)])
+
+
+def _teacher_workdir(tmp_path, width=16):
+  """A teacher checkpoint in the real on-disk format, from an untrained quick teacher."""
+  c = config_lib.resnet_teacher(config_lib.base(), quick_variant=True)
+  c.model.width = width
+  trainer = train.Trainer(c)
+  state = trainer.setup(steps_per_epoch=1)
+  loader = pipeline.train_loader(sources.digits('train', 16), c.dataset, 64, 0)
+  mngr = checkpoint.manager(str(tmp_path), 10)
+  checkpoint.save(mngr, 3, state, iter(loader), {'val_acc1': 50.0})
+  mngr.close()
+  return state.params
+
+
+def _distill_config(checkpoint_path=''):
+  c = config_lib.quick(config_lib.deit_small_imagenet(config_lib.base()))
+  c.model.update(drop_path_rate=0.0, depth=2)
+  c.teacher.checkpoint = checkpoint_path
+  return c
+
+
+def test_teacher_loads_by_workdir_or_step_dir(tmp_path):
+  saved = _teacher_workdir(tmp_path)
+  c = _distill_config(str(tmp_path))
+  _, params = teacher.load(c.teacher, 10)
+  chex.assert_trees_all_close(params, saved)
+  c.teacher.checkpoint = str(tmp_path / 'checkpoints' / '3')
+  chex.assert_trees_all_close(teacher.load(c.teacher, 10)[1], saved)
+
+
+def test_teacher_bad_path_or_shape_is_one_line(tmp_path):
+  c = _distill_config(str(tmp_path / 'nowhere'))
+  with pytest.raises(FileNotFoundError, match='nowhere.*does not exist'):
+    teacher.check(c.teacher, 10)
+  _teacher_workdir(tmp_path, width=8)
+  c.teacher.checkpoint = str(tmp_path)
+  with pytest.raises(ValueError) as e:
+    teacher.check(c.teacher, 10)
+  msg = str(e.value)
+  assert '\n' not in msg and 'does not match teacher.model' in msg
+  assert 'in the checkpoint' in msg and str(tmp_path) in msg
+
+
+def test_frozen_teacher_inside_the_train_step(tmp_path):
+  teacher_params = _teacher_workdir(tmp_path)
+  c = _distill_config(str(tmp_path))
+  pair = teacher.load(c.teacher, 10)
+  trainer = train.Trainer(c, teacher=pair)
+  state = trainer.setup(steps_per_epoch=1)
+  params0 = jax.device_get(state.params)
+  batch = next(pipeline.eval_batches(sources.digits('train', 16), 64))
+  del batch['mask']
+  state, metrics = trainer.train_step(state, trainer.global_batch(batch))
+
+  images = train.normalize(jnp.asarray(batch['image']), c.dataset)
+  t_logits = pair[0].apply({'params': teacher_params}, images)[0]
+  _, out = trainer.model.apply({'params': params0}, images, train=True,
+                               rngs={'dropout': jax.random.key(0)})
+  targets = jax.nn.one_hot(batch['label'], 10)
+  expected = (0.5 * losses.softmax_xent(out['cls_logits'], losses.smooth_labels(targets, 0.1)) +
+              0.5 * losses.hard_distillation(out['dist_logits'], t_logits))
+  np.testing.assert_allclose(metrics['loss'], expected, rtol=1e-5)
+  chex.assert_trees_all_close(trainer.teacher_params, teacher_params)   # frozen
+
+
+def test_bfloat16_compute_keeps_float32_params_and_losses():
+  c = config_lib.quick(config_lib.deit3_small_imagenet100(config_lib.base()))
+  c.model.depth = 2
+  batch = next(pipeline.eval_batches(sources.digits('train', 16), 64))
+  del batch['mask']
+  results = {}
+  for dtype in ('float32', 'bfloat16'):
+    c.dtype = dtype
+    trainer = train.Trainer(c)
+    state = trainer.setup(steps_per_epoch=10)
+    logits, _ = trainer.model.apply({'params': state.params},
+                                    train.normalize(jnp.asarray(batch['image']), c.dataset))
+    state, metrics = trainer.train_step(state, trainer.global_batch(batch))
+    for leaf in jax.tree.leaves((state.params, state.opt_state)):
+      assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
+    assert metrics['loss'].dtype == jnp.float32 and np.isfinite(metrics['loss'])
+    results[dtype] = (np.asarray(logits, np.float32), float(metrics['loss']))
+  assert results['bfloat16'][0].dtype == np.float32
+  np.testing.assert_allclose(results['bfloat16'][0], results['float32'][0], atol=0.05)
+  assert results['bfloat16'][1] == pytest.approx(results['float32'][1], rel=0.02)
+
+
+def test_nonfinite_step_stops_run_and_keeps_checkpoint(tmp_path):
+  c = config_lib.quick(config_lib.deit3_small_imagenet100(config_lib.base()))
+  c.model.update(depth=1, width=32, num_heads=2)
+  c.optim.name = 'adamw'
+  c.total_epochs = 3
+  workdir = str(tmp_path)
+  train.train_and_evaluate(c, workdir, stop_after_epoch=1)
+  before = open(os.path.join(workdir, 'metrics.csv')).read()
+
+  c.optim.lr = 1e30                                  # the first update overflows the params
+  with pytest.raises(FloatingPointError, match=r'non-finite loss or gradient at step (2[3-9]|3\d|4[0-5]) '):
+    train.train_and_evaluate(c, workdir)
+  assert open(os.path.join(workdir, 'metrics.csv')).read() == before
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1']
+
+  # The model the config builds must match the checkpoint before anything runs.
+  c.model.width = 64
+  model = models.build_model(c.model, 10)
+  with pytest.raises(ValueError, match='holds a checkpoint of a different model.*in the checkpoint'):
+    preflight.check_resume(c, workdir, model)
+  assert open(os.path.join(workdir, 'metrics.csv')).read() == before

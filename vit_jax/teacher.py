@@ -1,0 +1,51 @@
+"""The frozen ConvNet teacher of DeiT distillation, loaded from a training workdir."""
+import os
+
+import jax
+
+from vit_jax import checkpoint
+from vit_jax import models
+
+
+def resolve_step_dir(path: str) -> str:
+  """A teacher workdir (its best, else latest, checkpoint) or one checkpoints/<step> dir."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'teacher.checkpoint={path!r} does not exist; train a teacher with '
+                            f'configs/teacher_resnet.py and pass its workdir')
+  if os.path.isdir(os.path.join(path, 'state')):
+    return path
+  ckpt_dir = os.path.join(path, 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f'teacher.checkpoint={path!r} is neither a workdir with checkpoints/ '
+                            f'nor a checkpoints/<epoch> directory')
+  mngr = checkpoint.manager(path, every_epochs=1)
+  step = mngr.best_step() or mngr.latest_step()
+  mngr.close()
+  if step is None:
+    raise FileNotFoundError(f'teacher.checkpoint={path!r} has no finished checkpoint')
+  return os.path.join(ckpt_dir, str(step))
+
+
+def build(teacher_cfg, num_classes: int):
+  model = models.build_model(teacher_cfg.model, num_classes, 'float32')
+  return model, models.abstract_params(model)
+
+
+def check(teacher_cfg, num_classes: int) -> str:
+  """Fail in one line if the checkpoint is missing or does not fit teacher.model."""
+  step_dir = resolve_step_dir(teacher_cfg.checkpoint)
+  _, abstract = build(teacher_cfg, num_classes)
+  mismatch = checkpoint.shape_mismatch(checkpoint.saved_param_shapes(step_dir),
+                                       checkpoint.param_shapes(abstract))
+  if mismatch:
+    raise ValueError(f'teacher.checkpoint={step_dir!r} does not match teacher.model: {mismatch}')
+  return step_dir
+
+
+def load(teacher_cfg, num_classes: int):
+  """(model, params) of the teacher; params are checked against teacher.model first."""
+  step_dir = check(teacher_cfg, num_classes)
+  model, abstract = build(teacher_cfg, num_classes)
+  params = checkpoint.restore_params(step_dir)
+  params = jax.tree.map(lambda a, p: p.astype(a.dtype), abstract, params)
+  return model, params
