@@ -8,7 +8,6 @@ import pytest
 flags.FLAGS.mark_as_parsed()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, 'configs')
 
 
 @pytest.fixture

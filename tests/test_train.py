@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, REPO
+from conftest import REPO
 from vit_jax import metrics_io
 from vit_jax import train
 from vit_jax.config_lib import base, deit3_small_imagenet100, quick

@@ -36,9 +36,17 @@ def base() -> ml_collections.ConfigDict:
   c.dataset.num_classes = 100
   c.dataset.mean = (0.485, 0.456, 0.406)
   c.dataset.std = (0.229, 0.224, 0.225)
-  c.dataset.random_crop_padding = 0  # reflect-padded random crop + flip if > 0
-  c.dataset.hflip = False
+  c.dataset.random_crop_padding = 0  # reflect-padded random crop on the CPU if > 0
   c.dataset.workers = 0             # grain worker processes; 0 = in the main process
+
+  # On-device augmentation inside the jitted train step (vit_jax/data/augment.py).
+  c.augment = ml_collections.ConfigDict(dict(
+      hflip=False,                # random horizontal flip
+      three_augment=False,        # DeiT-III: one of grayscale / solarize / blur
+      color_jitter=0.0,           # ColorJitter(b, c, s) strength, 0 = off
+      mixup=0.0, cutmix=0.0,      # Beta alphas, 0 = off
+      mix_switch_prob=0.5,        # P(CutMix) when both are on
+      erase_prob=0.0))            # DeiT random erasing probability
 
   c.model = ml_collections.ConfigDict(dict(
       image_size=32, patch_size=4, width=384, depth=12, num_heads=6, mlp_ratio=4.0,
@@ -85,6 +93,7 @@ def deit3_small_imagenet100(c: ml_collections.ConfigDict) -> ml_collections.Conf
   c.optim.update(name='lamb', lr=1e-3, lr_scaling='none', weight_decay=0.05,
                  warmup_epochs=5.0, warmup_lr=1e-6, min_lr=1e-5, clip_grad_norm=1.0)
   c.loss.update(name='sigmoid_bce', label_smoothing=0.0)
+  c.augment.update(hflip=True, three_augment=True, color_jitter=0.3, mixup=0.8, cutmix=1.0)
   return c
 
 
@@ -97,7 +106,8 @@ def deit_small_cifar100(c: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   c.total_epochs = 100
   c.batch_size = 256
   c.dataset.update(name='cifar100', image_size=32, num_classes=100,
-                   random_crop_padding=4, hflip=True)
+                   random_crop_padding=4)
+  c.augment.update(hflip=True)
   c.model.update(image_size=32, patch_size=4, layerscale_init=0.0, pos_embed='all',
                  dropout_rate=0.1, attention_dropout_rate=0.1, head='mlp',
                  head_dropout_rate=0.1, layer_norm_eps=1e-5)
@@ -156,7 +166,11 @@ def _digits(c: ml_collections.ConfigDict) -> None:
   c.checkpoint_every_epochs = 10
   c.log_every_steps = 1000
   c.dataset.update(name='digits', image_size=16, num_classes=10, mean=(0.5,) * 3,
-                   std=(0.5,) * 3, random_crop_padding=0, hflip=False, workers=0)
+                   std=(0.5,) * 3, random_crop_padding=0, workers=0)
+  # Digits are not flip-invariant, and 40 epochs are too few for mixing and
+  # heavy augmentation to pay off: the embedded default trains without them.
+  c.augment.update(hflip=False, three_augment=False, color_jitter=0.0, mixup=0.0, cutmix=0.0,
+                   erase_prob=0.0)
   c.probe.num_images = 32
 
 

@@ -1,6 +1,5 @@
 """Training and evaluation: a jitted, data-parallel train step over a device mesh."""
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -22,6 +21,7 @@ from vit_jax import models
 from vit_jax import optim
 from vit_jax import teacher
 from vit_jax import token_norms
+from vit_jax.data import augment
 from vit_jax.data import pipeline
 from vit_jax.data import sources
 
@@ -46,6 +46,26 @@ def normalize(images, dataset_cfg):
   return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
+def augment_batch(key, images_uint8, targets, config):
+  """uint8 images -> augmented, normalised float32 images and (mixed) targets."""
+  a = config.augment
+  k_flip, k_three, k_mix, k_erase = jax.random.split(key, 4)
+  x = images_uint8.astype(jnp.float32) / 255.0
+  if a.hflip:
+    flip = jax.random.bernoulli(k_flip, 0.5, (x.shape[0], 1, 1, 1))
+    x = jnp.where(flip, x[:, :, ::-1], x)
+  if a.three_augment or a.color_jitter:
+    x = augment.three_augment(k_three, x, color_jitter_strength=a.color_jitter, hflip=False,
+                              pick_one=a.three_augment)
+  x = normalize(x * 255.0, config.dataset)
+  if a.mixup or a.cutmix:
+    x, targets, _, _ = augment.mixup_cutmix(k_mix, x, targets, mixup_alpha=a.mixup,
+                                            cutmix_alpha=a.cutmix, switch_prob=a.mix_switch_prob)
+  if a.erase_prob:
+    x = augment.random_erase(k_erase, x, prob=a.erase_prob)
+  return x, targets
+
+
 def loss_fn_from(config):
   name = config.loss.name
   if name not in losses.LOSSES:
@@ -61,9 +81,10 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model, tx, conf
   any later one: `bad_step` records it and the host stops the run.
   """
   rng = jax.random.fold_in(base_rng, state.step)
-  images = normalize(batch['image'], config.dataset)
+  rng, aug_rng = jax.random.split(rng)
   targets = losses.smooth_labels(
       jax.nn.one_hot(batch['label'], config.dataset.num_classes), config.loss.label_smoothing)
+  images, targets = augment_batch(aug_rng, batch['image'], targets, config)
   base = functools.partial(loss_fn_from(config), **(
       {'binarize_threshold': config.loss.bce_target_threshold}
       if config.loss.name == 'sigmoid_bce' else {}))

@@ -19,27 +19,23 @@ class _Select(grain.transforms.Map):
 
 
 @dataclasses.dataclass(frozen=True)
-class _PadCropFlip(grain.transforms.RandomMap):
-  """Reflect-padded random crop back to the input size, and an optional flip."""
+class _PadCrop(grain.transforms.RandomMap):
+  """Reflect-padded random crop back to the input size (flips happen on the device)."""
   padding: int
-  hflip: bool
 
   def random_map(self, item, rng: np.random.Generator):
     img = item['image']
-    if self.padding:
-      p = self.padding
-      padded = np.pad(img, ((p, p), (p, p), (0, 0)), mode='reflect')
-      y, x = rng.integers(0, 2 * p + 1, size=2)
-      img = padded[y:y + img.shape[0], x:x + img.shape[1]]
-    if self.hflip and rng.random() < 0.5:
-      img = img[:, ::-1]
+    p = self.padding
+    padded = np.pad(img, ((p, p), (p, p), (0, 0)), mode='reflect')
+    y, x = rng.integers(0, 2 * p + 1, size=2)
+    img = padded[y:y + img.shape[0], x:x + img.shape[1]]
     return {'image': np.ascontiguousarray(img), 'label': item['label']}
 
 
 def train_loader(source, dataset_cfg, per_process_batch: int, seed: int) -> grain.DataLoader:
   ops = [_Select()]
-  if dataset_cfg.random_crop_padding or dataset_cfg.hflip:
-    ops.append(_PadCropFlip(dataset_cfg.random_crop_padding, dataset_cfg.hflip))
+  if dataset_cfg.random_crop_padding:
+    ops.append(_PadCrop(dataset_cfg.random_crop_padding))
   ops.append(grain.transforms.Batch(per_process_batch, drop_remainder=True))
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shuffle=True, num_epochs=None, seed=seed,
