@@ -39,10 +39,7 @@ def check(config, workdir: str) -> None:
   for name in ('batch_size', 'eval_batch_size'):
     if config[name] <= 0 or config[name] % n:
       raise ValueError(f'{name}={config[name]} must be a positive multiple of the {n} devices')
-  if config.dataset.name not in sources.DATASETS:
-    raise ValueError(f'dataset.name={config.dataset.name!r} is not one of {sources.DATASETS}')
-  if config.dataset.name != 'digits':
-    sources.check_tfds_prepared(config.dataset.name, config.dataset.data_dir)
+  sources.check_available(config.dataset)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f'workdir={workdir!r} exists and is not a directory')
   check_resume(config, workdir, model)

@@ -22,6 +22,7 @@ from vit_jax import optim
 from vit_jax import teacher
 from vit_jax import token_norms
 from vit_jax.data import augment
+from vit_jax.data import imagefolder
 from vit_jax.data import pipeline
 from vit_jax.data import sources
 
@@ -181,6 +182,11 @@ class Trainer:
         self.state_sharding)
     return self._init(self.init_rng)
 
+  def _eval_crop(self):
+    """Folder images come in any size: centre-crop them for evaluation."""
+    d = self.config.dataset
+    return d.image_size if d.name in sources.FOLDER_DATASETS else None
+
   def global_batch(self, local: dict) -> dict:
     """Process-local rows -> one global array sharded over the data axis."""
     return {k: jax.make_array_from_process_local_data(self.data_sharding, v)
@@ -194,7 +200,8 @@ class Trainer:
 
   def evaluate(self, params, source) -> dict:
     totals = None
-    for batch in pipeline.eval_batches(source, self.config.eval_batch_size):
+    for batch in pipeline.eval_batches(source, self.config.eval_batch_size,
+                                       image_size=self._eval_crop()):
       sums = self.eval_step(params, self.global_batch(self._local_rows(batch)))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
@@ -207,7 +214,7 @@ class Trainer:
     n = self.config.probe.num_images
     n_dev = self.mesh.devices.size
     n = max(n_dev, n - n % n_dev)
-    batch = next(pipeline.eval_batches(source, n, limit=n))
+    batch = next(pipeline.eval_batches(source, n, limit=n, image_size=self._eval_crop()))
     return self.global_batch(self._local_rows({'image': batch['image']}))['image']
 
 
@@ -260,6 +267,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state, m = trainer.train_step(state, trainer.global_batch(next(data_iter)))
       step_metrics.append(m)
     step_metrics = jax.device_get(step_metrics)
+    skipped = imagefolder.UNREADABLE.take()
+    if skipped:
+      print(f'epoch {epoch}: skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}',
+            flush=True)
     bad_step = int(state.bad_step)
     if bad_step >= 0:
       raise FloatingPointError(

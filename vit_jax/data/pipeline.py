@@ -4,9 +4,11 @@ The training iterator is endless (a new shuffle every epoch); its state goes
 into the checkpoint, so a resumed run sees exactly the batches it would have.
 """
 import dataclasses
+import math
 
 import grain
 import numpy as np
+from PIL import Image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +34,65 @@ class _PadCrop(grain.transforms.RandomMap):
     return {'image': np.ascontiguousarray(img), 'label': item['label']}
 
 
+def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
+                           scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  """torchvision's RandomResizedCrop box (top, left, h, w): 10 tries, then a centre crop."""
+  area = height * width
+  for _ in range(10):
+    target = area * rng.uniform(*scale)
+    aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    h, w = height, int(round(height * ratio[1]))
+  else:
+    h, w = height, width
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC), np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RandomResizedCrop(grain.transforms.RandomMap):
+  size: int
+
+  def random_map(self, item, rng: np.random.Generator):
+    img = item['image']
+    top, left, h, w = random_resized_crop_box(rng, *img.shape[:2])
+    return {'image': _resize(img[top:top + h, left:left + w], self.size, self.size),
+            'label': item['label']}
+
+
+def center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
+  """DeiT evaluation: shorter side to size / 0.875 (bicubic), then the central size x size."""
+  h, w = image.shape[:2]
+  short = int(size / crop_fraction)
+  nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+  image = _resize(image, nh, nw)
+  top, left = (nh - size) // 2, (nw - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Readable(grain.transforms.Filter):
+  """Drops items whose file could not be decoded (the source counts them)."""
+
+  def filter(self, item) -> bool:
+    return item['image'] is not None
+
+
 def train_loader(source, dataset_cfg, per_process_batch: int, seed: int) -> grain.DataLoader:
-  ops = [_Select()]
+  ops = []
+  if dataset_cfg.name == 'imagenet100':
+    ops += [_Readable(), _RandomResizedCrop(dataset_cfg.image_size)]
+  ops.append(_Select())
   if dataset_cfg.random_crop_padding:
     ops.append(_PadCrop(dataset_cfg.random_crop_padding))
   ops.append(grain.transforms.Batch(per_process_batch, drop_remainder=True))
@@ -45,11 +104,20 @@ def train_loader(source, dataset_cfg, per_process_batch: int, seed: int) -> grai
                           read_options=grain.ReadOptions(num_threads=0))
 
 
-def eval_batches(source, batch_size: int, limit: int | None = None):
-  """Fixed-order batches padded to batch_size; 'mask' marks the real examples."""
+def eval_batches(source, batch_size: int, limit: int | None = None, image_size: int | None = None):
+  """Fixed-order batches padded to batch_size; 'mask' marks the real examples.
+
+  With `image_size`, every image is centre-cropped to it (ImageFolder data);
+  unreadable images are left out.
+  """
   n = len(source) if limit is None else min(limit, len(source))
   for start in range(0, n, batch_size):
     items = [source[i] for i in range(start, min(start + batch_size, n))]
+    if image_size is not None:
+      items = [{'image': center_crop(it['image'], image_size), 'label': it['label']}
+               for it in items if it['image'] is not None]
+    if not items:
+      continue
     real = len(items)
     images = np.stack([np.asarray(it['image'], np.uint8) for it in items])
     labels = np.array([it['label'] for it in items], np.int32)

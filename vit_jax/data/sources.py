@@ -3,7 +3,8 @@ import os
 
 import numpy as np
 
-DATASETS = ('digits', 'cifar10', 'cifar100')
+DATASETS = ('digits', 'cifar10', 'cifar100', 'imagenet100')
+FOLDER_DATASETS = ('imagenet100',)
 _TFDS_SPLITS = {'train': 'train', 'val': 'test'}
 DIGITS_VAL_SIZE = 297   # fixed split of the 1,797 images: 1,500 train / 297 validation
 
@@ -73,4 +74,22 @@ def get(dataset_cfg, split: str):
     raise ValueError(f'dataset.name={name!r} is not one of {DATASETS}')
   if name == 'digits':
     return digits(split, dataset_cfg.image_size)
+  if name in FOLDER_DATASETS:
+    from vit_jax.data import imagefolder
+    return imagefolder.ImageFolderSource(dataset_cfg.data_dir, split)
   return tfds_source(name, split, dataset_cfg.data_dir)
+
+
+def check_available(dataset_cfg) -> None:
+  """One-line error, before any work, if the data set is not there."""
+  name = dataset_cfg.name
+  if name not in DATASETS:
+    raise ValueError(f'dataset.name={name!r} is not one of {DATASETS}')
+  if name in FOLDER_DATASETS:
+    from vit_jax.data import imagefolder
+    if not dataset_cfg.data_dir:
+      raise ValueError(f'dataset {name!r} needs --config.dataset.data_dir=DIR holding '
+                       f'train/<class>/ and val/<class>/ (python -m vit_jax.data.prepare_imagenet100)')
+    imagefolder.check_tree(dataset_cfg.data_dir)
+  elif name != 'digits':
+    check_tfds_prepared(name, dataset_cfg.data_dir)
