@@ -29,7 +29,7 @@ def test_digits_fixed_disjoint_split():
 
 def test_train_loader_batches_and_reshuffles():
   src = sources.digits('train', 8)
-  cfg = ml_collections.ConfigDict(dict(random_crop_padding=2, workers=0))
+  cfg = ml_collections.ConfigDict(dict(name='digits', random_crop_padding=2, workers=0, repeated_aug=1))
   it = iter(pipeline.train_loader(src, cfg, per_process_batch=100, seed=3))
   batches = [next(it) for _ in range(30)]          # 2 epochs of 15 batches
   assert batches[0]['image'].shape == (100, 8, 8, 3) and batches[0]['label'].dtype == np.int32

@@ -51,6 +51,7 @@ def test_reads_rgb_from_any_mode_and_skips_unreadable(tmp_path):
 def test_train_loader_drops_unreadable_and_crops(tmp_path):
   root = make_tree(tmp_path)
   cfg = ml_collections.ConfigDict(dict(name='imagenet100', image_size=16, random_crop_padding=0,
+                                       repeated_aug=1,
                                        workers=0))
   src = imagefolder.ImageFolderSource(root, 'train')
   it = iter(pipeline.train_loader(src, cfg, per_process_batch=6, seed=0))

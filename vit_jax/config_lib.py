@@ -37,6 +37,7 @@ def base() -> ml_collections.ConfigDict:
   c.dataset.mean = (0.485, 0.456, 0.406)
   c.dataset.std = (0.229, 0.224, 0.225)
   c.dataset.random_crop_padding = 0  # reflect-padded random crop on the CPU if > 0
+  c.dataset.repeated_aug = 1        # DeiT repeated augmentation: each image k times, 1 = off
   c.dataset.workers = 0             # grain worker processes; 0 = in the main process
 
   # On-device augmentation inside the jitted train step (vit_jax/data/augment.py).
@@ -94,6 +95,7 @@ def deit3_small_imagenet100(c: ml_collections.ConfigDict) -> ml_collections.Conf
                  warmup_epochs=5.0, warmup_lr=1e-6, min_lr=1e-5, clip_grad_norm=1.0)
   c.loss.update(name='sigmoid_bce', label_smoothing=0.0)
   c.augment.update(hflip=True, three_augment=True, color_jitter=0.3, mixup=0.8, cutmix=1.0)
+  c.dataset.repeated_aug = 3
   return c
 
 
@@ -128,6 +130,8 @@ def deit_small_imagenet(c: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   c.optim.update(name='adamw', lr=5e-4, lr_scaling='linear512', weight_decay=0.05,
                  warmup_epochs=5.0, warmup_lr=1e-6, min_lr=1e-5)
   c.loss.update(name='softmax_xent', label_smoothing=0.1)
+  c.augment.update(hflip=True, mixup=0.8, cutmix=1.0, erase_prob=0.25)
+  c.dataset.repeated_aug = 3
   return c
 
 
@@ -166,7 +170,7 @@ def _digits(c: ml_collections.ConfigDict) -> None:
   c.checkpoint_every_epochs = 10
   c.log_every_steps = 1000
   c.dataset.update(name='digits', image_size=16, num_classes=10, mean=(0.5,) * 3,
-                   std=(0.5,) * 3, random_crop_padding=0, workers=0)
+                   std=(0.5,) * 3, random_crop_padding=0, workers=0, repeated_aug=1)
   # Digits are not flip-invariant, and 40 epochs are too few for mixing and
   # heavy augmentation to pay off: the embedded default trains without them.
   c.augment.update(hflip=False, three_augment=False, color_jitter=0.0, mixup=0.0, cutmix=0.0,

@@ -10,6 +10,8 @@ import grain
 import numpy as np
 from PIL import Image
 
+from vit_jax.data import samplers
+
 
 @dataclasses.dataclass(frozen=True)
 class _Select(grain.transforms.Map):
@@ -96,9 +98,12 @@ def train_loader(source, dataset_cfg, per_process_batch: int, seed: int) -> grai
   if dataset_cfg.random_crop_padding:
     ops.append(_PadCrop(dataset_cfg.random_crop_padding))
   ops.append(grain.transforms.Batch(per_process_batch, drop_remainder=True))
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source), shuffle=True, num_epochs=None, seed=seed,
-      shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True))
+  shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  if dataset_cfg.repeated_aug > 1:
+    sampler = samplers.RepeatedAugSampler(len(source), dataset_cfg.repeated_aug, seed, shard)
+  else:
+    sampler = grain.samplers.IndexSampler(num_records=len(source), shuffle=True,
+                                          num_epochs=None, seed=seed, shard_options=shard)
   return grain.DataLoader(data_source=source, sampler=sampler, operations=ops,
                           worker_count=dataset_cfg.workers,
                           read_options=grain.ReadOptions(num_threads=0))

@@ -1,0 +1,46 @@
+"""Repeated augmentation (DeiT's RASampler) as a grain sampler.
+
+Each epoch, the records are shuffled (seeded by seed and epoch), every record
+is repeated `repeats` times in a row, and position m of that list goes to
+process m % P. Each process keeps the usual epoch length (num_records // P),
+so over all processes an epoch draws the first num_records positions: about
+num_records / repeats distinct images, each seen `repeats` times, every copy
+on another process (and so another augmentation draw).
+"""
+import grain
+import numpy as np
+
+
+class RepeatedAugSampler:
+  """grain Sampler: position k of process r is global position r + k * P."""
+
+  def __init__(self, num_records: int, repeats: int, seed: int,
+               shard_options: grain.sharding.ShardOptions):
+    if repeats < 1:
+      raise ValueError(f'dataset.repeated_aug={repeats} must be >= 1')
+    self._num_records, self._repeats, self._seed = num_records, repeats, seed
+    self._shard_options = shard_options
+    self._per_process = num_records // shard_options.shard_count
+    self._perm_cache: dict[int, np.ndarray] = {}
+
+  def __len__(self):
+    return 2**62  # endless, like IndexSampler(num_epochs=None)
+
+  def __repr__(self):
+    return (f'RepeatedAugSampler(num_records={self._num_records}, repeats={self._repeats}, '
+            f'seed={self._seed}, shard_options={self._shard_options!r})')
+
+  def _perm(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perm_cache:
+      self._perm_cache = {epoch: np.random.default_rng([self._seed, epoch]).permutation(
+          self._num_records)}
+    return self._perm_cache[epoch]
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    count = self._shard_options.shard_count
+    rank, local = index % count, index // count
+    epoch, j = divmod(local, self._per_process)
+    position = rank + j * count                      # in the repeated list of this epoch
+    key = int(self._perm(epoch)[position // self._repeats])
+    rng = np.random.Generator(np.random.Philox(key=self._seed + index))
+    return grain.RecordMetadata(index=index, record_key=key, rng=rng)
