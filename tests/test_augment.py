@@ -122,7 +122,7 @@ def test_augmentations_jit_and_keep_shape():
 def test_augment_batch_in_the_train_step_recipe():
   from vit_jax import config_lib, train
   c = config_lib.deit3_small_imagenet100(config_lib.base())   # 3-Augment, jitter, mixup/cutmix
-  c.augment.erase_prob = 0.25
+  c.augment.update(erase_prob=0.25, randaugment_layers=2)
   c.dataset.update(mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=5)
   images = jax.random.randint(jax.random.key(0), (8, 32, 32, 3), 0, 256).astype(jnp.uint8)
   targets = jax.nn.one_hot(jnp.arange(8) % 5, 5)
@@ -133,7 +133,7 @@ def test_augment_batch_in_the_train_step_recipe():
   assert float(jnp.abs(t - targets).max()) > 0                  # targets were mixed
   # With everything off it is exactly the normalisation.
   c.augment.update(hflip=False, three_augment=False, color_jitter=0.0, mixup=0.0, cutmix=0.0,
-                   erase_prob=0.0)
+                   erase_prob=0.0, randaugment_layers=0)
   x, t = train.augment_batch(jax.random.key(1), images, targets, c)
   np.testing.assert_allclose(x, (images / 255.0 - 0.5) / 0.5, atol=1e-6)
   np.testing.assert_array_equal(t, targets)

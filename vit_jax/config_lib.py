@@ -45,6 +45,8 @@ def base() -> ml_collections.ConfigDict:
       hflip=False,                # random horizontal flip
       three_augment=False,        # DeiT-III: one of grayscale / solarize / blur
       color_jitter=0.0,           # ColorJitter(b, c, s) strength, 0 = off
+      randaugment_layers=0,       # RandAugment ops per image, 0 = off
+      randaugment_magnitude=9.0, randaugment_mstd=0.5,
       mixup=0.0, cutmix=0.0,      # Beta alphas, 0 = off
       mix_switch_prob=0.5,        # P(CutMix) when both are on
       erase_prob=0.0))            # DeiT random erasing probability
@@ -109,7 +111,8 @@ def deit_small_cifar100(c: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   c.batch_size = 256
   c.dataset.update(name='cifar100', image_size=32, num_classes=100,
                    random_crop_padding=4)
-  c.augment.update(hflip=True)
+  c.augment.update(hflip=True, randaugment_layers=2, randaugment_magnitude=9.0,
+                   randaugment_mstd=0.0)   # torchvision RandAugment(2, 9): fixed magnitude
   c.model.update(image_size=32, patch_size=4, layerscale_init=0.0, pos_embed='all',
                  dropout_rate=0.1, attention_dropout_rate=0.1, head='mlp',
                  head_dropout_rate=0.1, layer_norm_eps=1e-5)
@@ -130,7 +133,8 @@ def deit_small_imagenet(c: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   c.optim.update(name='adamw', lr=5e-4, lr_scaling='linear512', weight_decay=0.05,
                  warmup_epochs=5.0, warmup_lr=1e-6, min_lr=1e-5)
   c.loss.update(name='softmax_xent', label_smoothing=0.1)
-  c.augment.update(hflip=True, mixup=0.8, cutmix=1.0, erase_prob=0.25)
+  c.augment.update(hflip=True, mixup=0.8, cutmix=1.0, erase_prob=0.25, randaugment_layers=2,
+                   randaugment_magnitude=9.0, randaugment_mstd=0.5)
   c.dataset.repeated_aug = 3
   return c
 
@@ -174,7 +178,7 @@ def _digits(c: ml_collections.ConfigDict) -> None:
   # Digits are not flip-invariant, and 40 epochs are too few for mixing and
   # heavy augmentation to pay off: the embedded default trains without them.
   c.augment.update(hflip=False, three_augment=False, color_jitter=0.0, mixup=0.0, cutmix=0.0,
-                   erase_prob=0.0)
+                   erase_prob=0.0, randaugment_layers=0)
   c.probe.num_images = 32
 
 

@@ -24,6 +24,7 @@ from vit_jax import token_norms
 from vit_jax.data import augment
 from vit_jax.data import imagefolder
 from vit_jax.data import pipeline
+from vit_jax.data import randaugment
 from vit_jax.data import sources
 
 
@@ -50,11 +51,15 @@ def normalize(images, dataset_cfg):
 def augment_batch(key, images_uint8, targets, config):
   """uint8 images -> augmented, normalised float32 images and (mixed) targets."""
   a = config.augment
-  k_flip, k_three, k_mix, k_erase = jax.random.split(key, 4)
+  k_flip, k_three, k_mix, k_erase, k_rand = jax.random.split(key, 5)
   x = images_uint8.astype(jnp.float32) / 255.0
   if a.hflip:
     flip = jax.random.bernoulli(k_flip, 0.5, (x.shape[0], 1, 1, 1))
     x = jnp.where(flip, x[:, :, ::-1], x)
+  if a.randaugment_layers:
+    x = randaugment.rand_augment(k_rand, x, num_layers=a.randaugment_layers,
+                                 magnitude=a.randaugment_magnitude,
+                                 magnitude_std=a.randaugment_mstd)
   if a.three_augment or a.color_jitter:
     x = augment.three_augment(k_three, x, color_jitter_strength=a.color_jitter, hflip=False,
                               pick_one=a.three_augment)
