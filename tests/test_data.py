@@ -59,3 +59,22 @@ def test_unprepared_tfds_dataset_is_one_line_with_the_command(tmp_path):
 def test_digits_image_size_must_be_multiple_of_8():
   with pytest.raises(ValueError, match='dataset.image_size=12 for digits must be a multiple of 8'):
     sources.digits('train', 12)
+
+
+def test_worker_processes_are_deterministic_and_resumable():
+  src = sources.digits('train', 8)
+  cfg = ml_collections.ConfigDict(dict(name='digits', random_crop_padding=2, workers=2,
+                                       repeated_aug=1))
+  ref = iter(pipeline.train_loader(src, cfg, per_process_batch=50, seed=7))
+  expected = [next(ref) for _ in range(36)]                 # 1.2 epochs
+  labels = np.concatenate([b['label'] for b in expected[:30]])
+  np.testing.assert_array_equal(np.sort(labels), np.sort(src.labels))   # each image once
+  it = iter(pipeline.train_loader(src, cfg, per_process_batch=50, seed=7))
+  for want in expected[:3]:
+    np.testing.assert_array_equal(next(it)['image'], want['image'])
+  resumed = iter(pipeline.train_loader(src, cfg, per_process_batch=50, seed=7))
+  resumed.set_state(it.get_state())
+  for want in expected[3:8]:
+    got = next(resumed)
+    np.testing.assert_array_equal(got['image'], want['image'])
+    np.testing.assert_array_equal(got['label'], want['label'])
