@@ -1,0 +1,136 @@
+r"""Benchmarks that print ratios.
+
+  python -m vit_jax.bench data [--workers 2] [--out results/bench_data.json]
+
+`data`: images/s of the full input pipeline (real on-disk formats made in a
+temporary directory: CIFAR-style tfds array_record at 32x32, JPEG ImageFolder
+at 224) including the on-device augmentation of the matching recipe, against
+the images/s of that recipe's train step measured in the same run.
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+
+_WORKERS = flags.DEFINE_integer('workers', 2, 'grain worker processes.')
+_OUT = flags.DEFINE_string('out', '', 'Write the numbers as JSON here too.')
+_IMAGES_32 = flags.DEFINE_integer('images_32', 8192, 'Records in the 32x32 data set.')
+_IMAGES_224 = flags.DEFINE_integer('images_224', 512, 'JPEG files in the 224 data set.')
+
+
+def _cifar_like(root: str, n: int) -> None:
+  import tensorflow_datasets as tfds
+  rng = np.random.default_rng(0)
+  examples = lambda k: [(i, {'image': rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+                             'label': i % 100, 'coarse_label': i % 20, 'id': str(i)})
+                        for i in range(k)]
+  features = tfds.features.FeaturesDict({
+      'image': tfds.features.Image(shape=(32, 32, 3)),
+      'label': tfds.features.ClassLabel(num_classes=100),
+      'coarse_label': tfds.features.ClassLabel(num_classes=20), 'id': tfds.features.Text()})
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name='cifar100', version='3.0.2', data_dir=root, features=features,
+      split_datasets={'train': examples(n), 'test': examples(256)}, file_format='array_record')
+
+
+def _jpeg_folder(root: str, n: int) -> None:
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split, count in (('train', n), ('val', 64)):
+    for i in range(count):
+      folder = os.path.join(root, split, f'n{i % 8:08d}')
+      os.makedirs(folder, exist_ok=True)
+      # ImageNet's typical 500x375, smooth content so JPEG sizes are realistic.
+      base = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+      Image.fromarray(base).resize((500, 375), Image.BICUBIC).save(
+          os.path.join(folder, f'{i}.JPEG'), quality=90)
+
+
+def _time(fn, repeats: int) -> float:
+  fn()                                           # compile / warm up
+  t0 = time.perf_counter()
+  for _ in range(repeats):
+    fn()
+  return (time.perf_counter() - t0) / repeats
+
+
+def bench_shape(config, steps: int) -> dict:
+  """Pipeline (grain + on-device augmentation) vs train-step images/s for one config."""
+  from vit_jax import train
+  from vit_jax.data import pipeline, sources
+  trainer = train.Trainer(config)
+  state = trainer.setup(steps_per_epoch=100)
+  src = sources.get(config.dataset, 'train')
+  loader = pipeline.train_loader(src, config.dataset, config.batch_size, seed=0)
+  it = iter(loader)
+  cpu_s = _time(lambda: next(it), steps * 4)
+  augment = jax.jit(lambda k, x, y: train.augment_batch(k, x, jax.nn.one_hot(y, config.dataset.num_classes), config))
+
+  def data_batch():
+    batch = next(it)
+    x, _ = augment(jax.random.key(0), batch['image'], batch['label'])
+    jax.block_until_ready(x)
+    return batch
+
+  batch = data_batch()
+  data_s = _time(data_batch, steps * 4)
+  global_batch = trainer.global_batch(batch)
+  holder = {'state': state}
+
+  def step():
+    holder['state'], m = trainer.train_step(holder['state'], global_batch)
+    jax.block_until_ready(m['loss'])
+
+  step_s = _time(step, steps)
+  data_ips = config.batch_size / data_s
+  train_ips = config.batch_size / step_s
+  return {'batch': config.batch_size, 'cpu_loader_images_per_s': config.batch_size / cpu_s,
+          'pipeline_images_per_s': data_ips,
+          'train_step_images_per_s': train_ips, 'ratio': data_ips / train_ips}
+
+
+def _report(name: str, r: dict) -> None:
+  print(f"{name}: CPU loader {r['cpu_loader_images_per_s']:.0f} img/s, full pipeline "
+        f"{r['pipeline_images_per_s']:.0f} img/s, train step {r['train_step_images_per_s']:.1f} "
+        f"img/s (batch {r['batch']}): pipeline / train step = {r['ratio']:.1f}x", flush=True)
+
+
+def main(argv):
+  if argv[1:] != ['data']:
+    sys.exit(f'error: unknown benchmark {argv[1:]}; available: data')
+  logging.set_verbosity(logging.WARNING)
+  from vit_jax import config_lib
+  results = {'device': str(jax.devices()[0].device_kind), 'cpu_count': os.cpu_count(),
+             'workers': _WORKERS.value}
+  with tempfile.TemporaryDirectory() as tmp:
+    _cifar_like(os.path.join(tmp, 'tfds'), _IMAGES_32.value)
+    c = config_lib.deit_small_cifar100(config_lib.base())          # crop, flip, RandAugment
+    c.dataset.update(data_dir=os.path.join(tmp, 'tfds'), workers=_WORKERS.value)
+    c.batch_size = 64
+    results['cifar_32'] = bench_shape(c, steps=3)
+    _report('32x32, seed-000 recipe (crop, flip, RandAugment)', results['cifar_32'])
+
+    _jpeg_folder(os.path.join(tmp, 'in100'), _IMAGES_224.value)
+    c = config_lib.deit3_small_imagenet100(config_lib.base())      # RRC, 3-Augment, mixing
+    c.dataset.update(data_dir=os.path.join(tmp, 'in100'), workers=_WORKERS.value)
+    c.batch_size = 32
+    results['imagenet_224'] = bench_shape(c, steps=2)
+    _report('224x224, DeiT-III recipe (JPEG, RRC, 3-Augment, jitter, mixup/cutmix)',
+            results['imagenet_224'])
+  if _OUT.value:
+    with open(_OUT.value, 'w') as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)
