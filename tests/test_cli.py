@@ -35,6 +35,8 @@ def _one_line_error(proc, *fragments):
      ["teacher.checkpoint='' does not exist", 'configs/teacher_resnet.py']),
     (['--config', 'configs/deit_distill.py:quick', '--config.teacher.checkpoint=runs/none'],
      ["teacher.checkpoint='runs/none' does not exist"]),
+    (['--config', 'configs/vanilla.py:quick', '--config.augment.erase_prob=1.5'],
+     ['augment.erase_prob=1.5 is outside [0.0, 1.0]']),
     (['--config', 'configs/vanilla.py'],
      ["dataset 'imagenet100' needs --config.dataset.data_dir=DIR", 'prepare_imagenet100']),
     (['--config', 'configs/vanilla.py', '--config.dataset.data_dir=/nonexistent'],

@@ -27,11 +27,10 @@ def base() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.dtype = 'float32'               # compute dtype; params stay float32
   c.checkpoint_every_epochs = 25    # kept for good; the latest is always kept too
-  c.log_every_steps = 50
 
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = 'cifar100'       # digits | cifar10 | cifar100
-  c.dataset.data_dir = ''           # tfds data_dir ('' = tfds default)
+  c.dataset.name = 'cifar100'       # digits | cifar10 | cifar100 | imagenet100
+  c.dataset.data_dir = ''           # tfds data_dir ('' = tfds default) or ImageFolder root
   c.dataset.image_size = 32
   c.dataset.num_classes = 100
   c.dataset.mean = (0.485, 0.456, 0.406)
@@ -88,9 +87,7 @@ def deit3_small_imagenet100(c: ml_collections.ConfigDict) -> ml_collections.Conf
   """
   c.total_epochs = 400
   c.batch_size = 256
-  c.dataset.name = 'imagenet100'
-  c.dataset.image_size = 224
-  c.dataset.num_classes = 100
+  c.dataset.update(name='imagenet100', image_size=224, num_classes=100, workers=8)
   c.model.update(image_size=224, patch_size=16, layerscale_init=1e-4,
                  drop_path_rate=0.05, pos_embed='patches')
   c.optim.update(name='lamb', lr=1e-3, lr_scaling='none', weight_decay=0.05,
@@ -125,7 +122,7 @@ def deit_small_imagenet(c: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   drop-path 0.1, label smoothing 0.1, distillation token, cls+dist position embeddings."""
   c.total_epochs = 300
   c.batch_size = 256
-  c.dataset.update(name='imagenet100', image_size=224, num_classes=100)
+  c.dataset.update(name='imagenet100', image_size=224, num_classes=100, workers=8)
   c.model.update(image_size=224, patch_size=16, layerscale_init=0.0, pos_embed='all',
                  drop_path_rate=0.1, distillation=True)
   c.teacher.update(kind='hard', alpha=0.5, tau=1.0)
@@ -164,7 +161,7 @@ def resnet_teacher(c: ml_collections.ConfigDict, quick_variant: bool) -> ml_coll
     c.optim.update(lr_scaling='none', lr=0.05, warmup_epochs=1.0)
   else:
     c.total_epochs = 100
-    c.dataset.update(name='imagenet100', image_size=224, num_classes=100)
+    c.dataset.update(name='imagenet100', image_size=224, num_classes=100, workers=8)
   return c
 
 
@@ -172,7 +169,6 @@ def _digits(c: ml_collections.ConfigDict) -> None:
   c.batch_size = 64
   c.eval_batch_size = 128
   c.checkpoint_every_epochs = 10
-  c.log_every_steps = 1000
   c.dataset.update(name='digits', image_size=16, num_classes=10, mean=(0.5,) * 3,
                    std=(0.5,) * 3, random_crop_padding=0, workers=0, repeated_aug=1)
   # Digits are not flip-invariant, and 40 epochs are too few for mixing and

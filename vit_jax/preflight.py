@@ -39,10 +39,34 @@ def check(config, workdir: str) -> None:
   for name in ('batch_size', 'eval_batch_size'):
     if config[name] <= 0 or config[name] % n:
       raise ValueError(f'{name}={config[name]} must be a positive multiple of the {n} devices')
+  check_ranges(config)
   sources.check_available(config.dataset)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f'workdir={workdir!r} exists and is not a directory')
   check_resume(config, workdir, model)
+
+
+# (field, low, high): numeric fields that are only meaningful inside [low, high].
+RANGES = (
+    ('augment.erase_prob', 0.0, 1.0), ('augment.mix_switch_prob', 0.0, 1.0),
+    ('augment.mixup', 0.0, float('inf')), ('augment.cutmix', 0.0, float('inf')),
+    ('augment.color_jitter', 0.0, 0.99), ('augment.randaugment_layers', 0, 16),
+    ('augment.randaugment_magnitude', 0.0, 10.0), ('augment.randaugment_mstd', 0.0, 10.0),
+    ('dataset.repeated_aug', 1, 64), ('dataset.workers', 0, 1024),
+    ('dataset.random_crop_padding', 0, 1024), ('loss.label_smoothing', 0.0, 1.0),
+    ('teacher.alpha', 0.0, 1.0), ('teacher.tau', 1e-6, float('inf')),
+    ('total_epochs', 1, 10**6), ('checkpoint_every_epochs', 1, 10**6),
+    ('probe.num_images', 1, 10**6),
+)
+
+
+def check_ranges(config) -> None:
+  for field, low, high in RANGES:
+    value = config
+    for part in field.split('.'):
+      value = value[part]
+    if not low <= value <= high:
+      raise ValueError(f'{field}={value} is outside [{low}, {high}]')
 
 
 def check_resume(config, workdir: str, model) -> None:

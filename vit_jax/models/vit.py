@@ -199,6 +199,8 @@ class ViT(nn.Module):
     if self.width % self.num_heads:
       raise ValueError(f'model.width={self.width} is not divisible by '
                        f'model.num_heads={self.num_heads}')
+    if not 0.0 <= self.drop_path_rate < 1.0:
+      raise ValueError(f'model.drop_path_rate={self.drop_path_rate} is outside [0, 1)')
     bad = [l for l in self.svd_tap_layers if not 1 <= l <= self.depth]
     if bad:
       raise ValueError(f'model.svd_tap_layers has {bad}; layers are 1..{self.depth}')

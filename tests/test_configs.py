@@ -1,0 +1,44 @@
+"""Every config file loads in both variants and passes the checks that need no data."""
+import glob
+import importlib.util
+import os
+
+import pytest
+
+from conftest import REPO
+from vit_jax import models
+from vit_jax import preflight
+
+CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
+
+
+def load(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_all_study_configs_present():
+  names = {os.path.basename(p) for p in CONFIG_FILES}
+  assert {'vanilla.py', 'register.py', 'sdpa_gated.py', 'value_gated.py', 'deit_cifar100.py',
+          'deit_svd_cifar100.py', 'deit_distill.py', 'teacher_resnet.py'} <= names
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
+def test_config_loads_and_checks(path, tmp_path):
+  module = load(path)
+  for arg in ('', 'quick'):
+    c = module.get_config(arg)
+    preflight.check_ranges(c)
+    models.build_model(c.model, c.dataset.num_classes, c.dtype)
+    assert c.model.image_size == c.dataset.image_size
+  quick = module.get_config('quick')
+  assert quick.dataset.name == 'digits'
+  if quick.teacher.kind == 'none':
+    preflight.check(quick, str(tmp_path / 'run'))          # fully runnable here
+  else:
+    with pytest.raises(FileNotFoundError, match='teacher.checkpoint'):
+      preflight.check(quick, str(tmp_path / 'run'))
+  with pytest.raises(ValueError, match="unknown config argument 'full'"):
+    module.get_config('full')
