@@ -72,13 +72,6 @@ def augment_batch(key, images_uint8, targets, config):
   return x, targets
 
 
-def loss_fn_from(config):
-  name = config.loss.name
-  if name not in losses.LOSSES:
-    raise ValueError(f'loss.name={name!r} is not one of {tuple(losses.LOSSES)}')
-  return losses.LOSSES[name]
-
-
 def train_step(state: TrainState, batch, teacher_params=None, *, model, tx, config, base_rng,
                teacher_model=None):
   """One optimizer step on a global batch; returns the new state and metrics.
@@ -91,7 +84,7 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model, tx, conf
   targets = losses.smooth_labels(
       jax.nn.one_hot(batch['label'], config.dataset.num_classes), config.loss.label_smoothing)
   images, targets = augment_batch(aug_rng, batch['image'], targets, config)
-  base = functools.partial(loss_fn_from(config), **(
+  base = functools.partial(losses.LOSSES[config.loss.name], **(  # name checked by preflight
       {'binarize_threshold': config.loss.bce_target_threshold}
       if config.loss.name == 'sigmoid_bce' else {}))
   teacher_logits = None
