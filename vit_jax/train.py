@@ -151,7 +151,6 @@ class Trainer:
 
   def setup(self, steps_per_epoch: int) -> TrainState:
     c = self.config
-    self.steps_per_epoch = steps_per_epoch
     self.lr_fn = optim.schedule(c.optim, c.batch_size, steps_per_epoch, c.total_epochs)
     self.tx = optim.build(c.optim, self.lr_fn)
 

@@ -38,7 +38,7 @@ def count_params(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 
 
-def init_params(model: ViT, rng, batch_size: int = 2):
+def init_params(model, rng, batch_size: int = 2):
   """Parameters only (float32); shapes come from an abstract trace, no FLOPs wasted."""
   images = jnp.zeros((batch_size, model.image_size, model.image_size, 3), jnp.float32)
   return jax.jit(lambda r: model.init({'params': r}, images)['params'])(rng)
