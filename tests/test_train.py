@@ -46,6 +46,8 @@ def test_quick_config_learns_and_writes_workdir(tmp_path):
   norms = np.load(os.path.join(workdir, 'l2_norms', 'epoch12.npy'))
   assert norms.shape == (32, 16) and (norms > 0).all()
   assert float(rows[-1]['l2_norm_mean']) == pytest.approx(norms.mean(), rel=1e-5)
+  layer_norms = np.load(os.path.join(workdir, 'l2_norms', 'layers', 'epoch12.npy'))
+  assert layer_norms.shape == (4, 32, 16) and (layer_norms > 0).all()
 
 
 def test_resume_continues_exactly(tmp_path):

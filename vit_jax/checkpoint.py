@@ -3,8 +3,10 @@
 Kept: the latest, every `every_epochs`-th epoch, and the best by val_acc1.
 Steps are epoch numbers, so the latest step is the last finished epoch.
 """
+import contextlib
 import os
 
+from absl import logging
 import grain
 import jax
 import orbax.checkpoint as ocp
@@ -39,9 +41,22 @@ def restore(mngr: ocp.CheckpointManager, epoch: int, abstract_state, data_iter):
   return restored['state']
 
 
+@contextlib.contextmanager
+def _quiet():
+  """Reading one item of a step directory directly makes orbax warn that the
+  step's metadata file is not inside the item; that is expected here."""
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(level)
+
+
 def saved_param_shapes(step_dir: str) -> dict:
   """{'path/to/param': shape} of the params saved in one step directory, read from metadata."""
-  meta = ocp.StandardCheckpointer().metadata(os.path.join(os.path.abspath(step_dir), 'state'))
+  with _quiet():
+    meta = ocp.StandardCheckpointer().metadata(os.path.join(os.path.abspath(step_dir), 'state'))
   tree = getattr(meta, 'item_metadata', meta)['params']
   return {_path(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
@@ -68,5 +83,6 @@ def shape_mismatch(saved: dict, expected: dict) -> str | None:
 
 def restore_params(step_dir: str):
   """The params of a saved train state, as stored (no target tree needed)."""
-  restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(step_dir), 'state'))
+  with _quiet():
+    restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(step_dir), 'state'))
   return restored['params']

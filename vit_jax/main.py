@@ -71,6 +71,9 @@ def main(argv):
       train.train_and_evaluate(config, FLAGS.workdir)
     except FloatingPointError as e:
       sys.exit(f'error: {e}')
+  elif config.trainer == 'analyze':
+    from vit_jax.analysis import run as analysis
+    analysis.analyze(config, FLAGS.workdir)
   else:  # preflight guarantees this is unreachable; kept for new trainers
     raise AssertionError(f'trainer {config.trainer!r} in {config_lib.TRAINERS} has no dispatch')
 

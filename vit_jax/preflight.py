@@ -43,7 +43,11 @@ def check(config, workdir: str) -> None:
   sources.check_available(config.dataset)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f'workdir={workdir!r} exists and is not a directory')
-  check_resume(config, workdir, model)
+  if config.trainer == 'analyze':
+    from vit_jax.analysis import run as analysis
+    analysis.check(config, workdir)
+  else:
+    check_resume(config, workdir, model)
 
 
 # (field, low, high): numeric fields that are only meaningful inside [low, high].
@@ -56,7 +60,8 @@ RANGES = (
     ('dataset.random_crop_padding', 0, 1024), ('loss.label_smoothing', 0.0, 1.0),
     ('teacher.alpha', 0.0, 1.0), ('teacher.tau', 1e-6, float('inf')),
     ('total_epochs', 1, 10**6), ('checkpoint_every_epochs', 1, 10**6),
-    ('probe.num_images', 1, 10**6),
+    ('probe.num_images', 1, 10**6), ('analysis.num_images', 1, 64),
+    ('analysis.gate_sparse_below', 0.0, 1.0),
 )
 
 

@@ -22,6 +22,7 @@ from vit_jax import optim
 from vit_jax import teacher
 from vit_jax import token_norms
 from vit_jax.data import augment
+from vit_jax.data.augment import normalize
 from vit_jax.data import imagefolder
 from vit_jax.data import pipeline
 from vit_jax.data import randaugment
@@ -40,12 +41,6 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else devices
   return jax.make_mesh((len(devices),), ('data',), axis_types=(AxisType.Auto,),
                        devices=devices)
-
-
-def normalize(images, dataset_cfg):
-  mean = jnp.asarray(dataset_cfg.mean, jnp.float32)
-  std = jnp.asarray(dataset_cfg.std, jnp.float32)
-  return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
 def augment_batch(key, images_uint8, targets, config):
@@ -125,9 +120,18 @@ def eval_step(params, batch, *, model, config):
 
 
 def probe_norms(params, images, *, model, config):
-  """L2 norm of every output patch token of the probe images: (B, N_patches)."""
-  _, out = model.apply({'params': params}, normalize(images, config.dataset))
-  return jnp.linalg.norm(out['patch_tokens'].astype(jnp.float32), axis=-1)
+  """L2 norms of the probe images' patch tokens: {'output': (B, N), 'layers': (L, B, N)}.
+
+  'output' is after the final LayerNorm (what Darcet et al. measure); 'layers'
+  is the residual stream after each block (ViTs only; a ResNet has no blocks).
+  """
+  _, out = model.apply({'params': params}, normalize(images, config.dataset), capture=True)
+  n = out['patch_tokens'].shape[1]
+  norms = {'output': jnp.linalg.norm(out['patch_tokens'].astype(jnp.float32), axis=-1)}
+  if out.get('blocks'):  # patches are the last n tokens of every block's output
+    norms['layers'] = jnp.stack([jnp.linalg.norm(b[:, -n:].astype(jnp.float32), axis=-1)
+                                 for b in out['blocks']])
+  return norms
 
 
 class Trainer:
@@ -179,11 +183,6 @@ class Trainer:
         self.state_sharding)
     return self._init(self.init_rng)
 
-  def _eval_crop(self):
-    """Folder images come in any size: centre-crop them for evaluation."""
-    d = self.config.dataset
-    return d.image_size if d.name in sources.FOLDER_DATASETS else None
-
   def global_batch(self, local: dict) -> dict:
     """Process-local rows -> one global array sharded over the data axis."""
     return {k: jax.make_array_from_process_local_data(self.data_sharding, v)
@@ -198,7 +197,7 @@ class Trainer:
   def evaluate(self, params, source) -> dict:
     totals = None
     for batch in pipeline.eval_batches(source, self.config.eval_batch_size,
-                                       image_size=self._eval_crop()):
+                                       image_size=sources.eval_crop(self.config.dataset)):
       sums = self.eval_step(params, self.global_batch(self._local_rows(batch)))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
@@ -211,7 +210,8 @@ class Trainer:
     n = self.config.probe.num_images
     n_dev = self.mesh.devices.size
     n = max(n_dev, n - n % n_dev)
-    batch = next(pipeline.eval_batches(source, n, limit=n, image_size=self._eval_crop()))
+    batch = next(pipeline.eval_batches(source, n, limit=n,
+                                       image_size=sources.eval_crop(self.config.dataset)))
     return self.global_batch(self._local_rows({'image': batch['image']}))['image']
 
 
@@ -238,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   loader = pipeline.train_loader(train_src, config.dataset, per_process, config.seed)
   data_iter = iter(loader)
 
-  os.makedirs(os.path.join(workdir, 'l2_norms'), exist_ok=True)
+  os.makedirs(os.path.join(workdir, 'l2_norms', 'layers'), exist_ok=True)
   mngr = checkpoint.manager(workdir, config.checkpoint_every_epochs)
   start_epoch = mngr.latest_step() or 0
   if start_epoch:
@@ -278,12 +278,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
            'train_loss': float(np.mean([m['loss'] for m in step_metrics])),
            **trainer.evaluate(state.params, val_src),
            'lr': float(trainer.lr_fn(epoch * steps_per_epoch - 1))}
-    norms = np.asarray(jax.device_get(trainer.probe(state.params, probe)))
-    row.update(token_norms.stats(norms, config.probe))
+    norms = jax.device_get(trainer.probe(state.params, probe))
+    row.update(token_norms.stats(norms['output'], config.probe))
     row['epoch_time_s'] = time.perf_counter() - t0
     row['images_per_s'] = steps_per_epoch * config.batch_size / train_time
     if is_main:
-      np.save(os.path.join(workdir, 'l2_norms', f'epoch{epoch}.npy'), norms)
+      np.save(os.path.join(workdir, 'l2_norms', f'epoch{epoch}.npy'), norms['output'])
+      if 'layers' in norms:
+        np.save(os.path.join(workdir, 'l2_norms', 'layers', f'epoch{epoch}.npy'), norms['layers'])
       metrics_io.append(csv_path, row, keep_through_epoch=epoch - 1)
       writer.write_scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
     print(f"epoch {epoch:3d}/{config.total_epochs} | train loss {row['train_loss']:.4f} | "

@@ -38,6 +38,13 @@ def blur(image, sigma, kernel_size: int):
   return pix.gaussian_blur(image, sigma, kernel_size)
 
 
+def normalize(images, dataset_cfg):
+  """uint8-range pixels -> float32 standardised by the data set's mean and std."""
+  mean = jnp.asarray(dataset_cfg.mean, jnp.float32)
+  std = jnp.asarray(dataset_cfg.std, jnp.float32)
+  return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
 def _blend(image, degenerate, factor):
   return jnp.clip(degenerate + factor * (image - degenerate), 0.0, 1.0)
 

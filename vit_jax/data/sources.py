@@ -80,6 +80,11 @@ def get(dataset_cfg, split: str):
   return tfds_source(name, split, dataset_cfg.data_dir)
 
 
+def eval_crop(dataset_cfg) -> int | None:
+  """Folder images come in any size: evaluation centre-crops them; the others are exact."""
+  return dataset_cfg.image_size if dataset_cfg.name in FOLDER_DATASETS else None
+
+
 def check_available(dataset_cfg) -> None:
   """One-line error, before any work, if the data set is not there."""
   name = dataset_cfg.name

@@ -1,0 +1,1 @@
+"""Inside a trained ViT: token norms, attention, gates and sinks; reports and scoreboards."""

@@ -1,0 +1,236 @@
+"""config.trainer='analyze': plots, analysis.json and analysis.md for one training workdir.
+
+  python -m vit_jax.main --config configs/register.py:quick --workdir runs/q \
+      --config.trainer=analyze [--config.analysis.checkpoint=best|latest|EPOCH]
+
+Reads the workdir's metrics.csv, l2_norms/ and one checkpoint; runs the probe
+images (the first probe.num_images validation images, the same ones training
+measured every epoch) through the model once with capture=True.
+"""
+import glob
+import json
+import os
+import re
+
+import jax
+import numpy as np
+
+from vit_jax import checkpoint
+from vit_jax import metrics_io
+from vit_jax import models
+from vit_jax.analysis import plots
+from vit_jax.analysis import stats
+from vit_jax.data import augment
+from vit_jax.data import pipeline
+from vit_jax.data import sources
+
+
+def saved_epochs(workdir: str) -> list[int]:
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted(int(d) for d in os.listdir(ckpt_dir)
+                if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d, 'state')))
+
+
+def select_epoch(workdir: str, spec: str) -> int:
+  """'latest', 'best' (highest val_acc1 in metrics.csv among saved epochs) or an epoch number."""
+  epochs = saved_epochs(workdir)
+  if not epochs:
+    raise FileNotFoundError(f'workdir {workdir!r} has no checkpoint in checkpoints/; '
+                            f'train it first (config.trainer=train)')
+  if spec == 'latest':
+    return epochs[-1]
+  if spec == 'best':
+    acc = {int(r['epoch']): float(r['val_acc1'])
+           for r in metrics_io.read(os.path.join(workdir, 'metrics.csv'))}
+    return max(epochs, key=lambda e: (acc.get(e, -1.0), e))
+  if not spec.isdigit() or int(spec) not in epochs:
+    raise ValueError(f'analysis.checkpoint={spec!r}: no such checkpoint in {workdir}/checkpoints; '
+                     f"saved epochs: {', '.join(map(str, epochs))} (or 'latest', 'best')")
+  return int(spec)
+
+
+def check(config, workdir: str) -> int:
+  """Every bad input in one line before any model runs; returns the epoch to analyse."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'workdir {workdir!r} does not exist; analyze needs a training workdir')
+  if not metrics_io.read(os.path.join(workdir, 'metrics.csv')):
+    raise FileNotFoundError(f'workdir {workdir!r} has no metrics.csv rows; analyze needs a '
+                            f'workdir that finished at least one epoch')
+  epoch = select_epoch(workdir, config.analysis.checkpoint)
+  model = models.build_model(config.model, config.dataset.num_classes, 'float32')
+  step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
+  mismatch = checkpoint.shape_mismatch(checkpoint.saved_param_shapes(step_dir),
+                                       checkpoint.param_shapes(models.abstract_params(model)))
+  if mismatch:
+    raise ValueError(f'checkpoint {step_dir!r} was made with another model than this config: '
+                     f'{mismatch}')
+  return epoch
+
+
+def epoch_norms(workdir: str, sub: str = '') -> dict:
+  """{epoch: array} of the per-epoch probe norms saved during training."""
+  out = {}
+  for path in glob.glob(os.path.join(workdir, 'l2_norms', sub, 'epoch*.npy')):
+    m = re.fullmatch(r'epoch(\d+)\.npy', os.path.basename(path))
+    if m:
+      out[int(m.group(1))] = np.load(path)
+  return out
+
+
+def outlier_line(norms: np.ndarray, probe_cfg) -> float:
+  if probe_cfg.outlier_rule == 'relative':
+    return float(probe_cfg.outlier_factor * np.median(norms))
+  return float(probe_cfg.outlier_threshold)
+
+
+def capture(config, params, images: np.ndarray) -> dict:
+  """One deterministic forward pass returning every intermediate, as numpy."""
+  model = models.build_model(config.model, config.dataset.num_classes, 'float32')
+  fwd = jax.jit(lambda p, x: model.apply({'params': p}, augment.normalize(x, config.dataset),
+                                         capture=True)[1])
+  return jax.device_get(fwd(params, images))
+
+
+def load_params(config, step_dir: str):
+  model = models.build_model(config.model, config.dataset.num_classes, 'float32')
+  abstract = models.abstract_params(model)
+  return jax.tree.map(lambda a, p: np.asarray(p, a.dtype), abstract,
+                      checkpoint.restore_params(step_dir))
+
+
+def probe_images(config) -> np.ndarray:
+  n = config.probe.num_images
+  batch = next(pipeline.eval_batches(sources.get(config.dataset, 'val'), n, limit=n,
+                                     image_size=sources.eval_crop(config.dataset)))
+  return batch['image'][batch['mask']]
+
+
+def summarize(config, workdir: str, epoch: int) -> tuple[dict, dict]:
+  """(the JSON summary, the arrays the plots need)."""
+  step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
+  params = load_params(config, step_dir)
+  images = probe_images(config)
+  out = capture(config, params, images)
+  lay = stats.layout(config.model)
+  n = lay.num_patches
+  layer_norms = np.stack([np.linalg.norm(b[:, -n:].astype(np.float64), axis=-1)
+                          for b in out['blocks']])
+  output_norms = np.linalg.norm(out['patch_tokens'].astype(np.float64), axis=-1)
+  attn = [np.asarray(a) for a in out['attn']]
+  attn_rows = stats.attention_stats(attn, lay)
+  act_rows = stats.activation_stats(out['blocks'])
+  gate_rows = stats.gate_stats(out['gates'], config.analysis.gate_sparse_below)
+  layers = []
+  for i, (norm_row, a_row, x_row) in enumerate(
+      zip(stats.layer_norm_stats(layer_norms, config.probe), attn_rows, act_rows)):
+    row = {'block': i + 1, **norm_row, **a_row, **x_row}
+    if gate_rows:
+      row.update({f'gate_{k}': v for k, v in gate_rows[i].items()})
+    layers.append(row)
+
+  rows = metrics_io.read(os.path.join(workdir, 'metrics.csv'))
+  best = max(rows, key=lambda r: float(r['val_acc1']))
+  at_epoch = next((r for r in rows if int(r['epoch']) == epoch), None)
+  per_epoch = epoch_norms(workdir)
+  summary = {
+      'workdir': os.path.abspath(workdir),
+      'checkpoint_epoch': epoch,
+      'num_params': models.count_params(params),
+      'val_acc1_at_checkpoint': float(at_epoch['val_acc1']) if at_epoch else None,
+      'best_val_acc1': float(best['val_acc1']), 'best_epoch': int(best['epoch']),
+      'epochs_trained': int(rows[-1]['epoch']),
+      'probe_images': int(images.shape[0]),
+      'outlier_rule': {k: config.probe[k] for k in ('outlier_rule', 'outlier_factor',
+                                                    'outlier_threshold')},
+      'output_norms': stats.norm_stats(output_norms, config.probe),
+      'output_outlier_tokens': stats.outlier_tokens(output_norms, config.probe)[:50],
+      'epochs': [{'epoch': e, **stats.norm_stats(per_epoch[e], config.probe)}
+                 for e in sorted(per_epoch)],
+      'layers': layers,
+      'gates': ({'mean': float(np.mean([g['mean'] for g in gate_rows])),
+                 'sparsity': float(np.mean([g['sparsity'] for g in gate_rows])),
+                 'sparse_below': config.analysis.gate_sparse_below} if gate_rows else None),
+  }
+  arrays = {'images': images, 'attn': attn, 'layer_norms': layer_norms, 'layout': lay,
+            'gate_rows': gate_rows, 'attn_rows': attn_rows, 'act_rows': act_rows,
+            'per_epoch': per_epoch, 'per_epoch_layers': epoch_norms(workdir, 'layers')}
+  return summary, arrays
+
+
+def make_plots(config, workdir: str, arrays: dict) -> list[str]:
+  plot_dir = os.path.join(workdir, 'plots')
+  written = []
+  per_epoch = arrays['per_epoch']
+  if per_epoch:
+    chosen = {e: per_epoch[e] for e in plots.pick_epochs(list(per_epoch))}
+    lines = {e: outlier_line(v, config.probe) for e, v in chosen.items()}
+    written.append(plots.save(plots.norm_histograms(chosen, lines),
+                              os.path.join(plot_dir, 'l2_norms_per_epoch.png')))
+  written.append(plots.save(plots.layer_norms(arrays['layer_norms'],
+                                              arrays['per_epoch_layers'] or None),
+                            os.path.join(plot_dir, 'l2_norms_per_layer.png')))
+  k = config.analysis.num_images
+  lay = arrays['layout']
+  written.append(plots.save(plots.cls_attention(arrays['images'][:k], arrays['attn'][-1][:k],
+                                                lay.patches),
+                            os.path.join(plot_dir, 'attention_cls.png')))
+  if lay.num_registers:
+    written.append(plots.save(plots.register_attention(arrays['images'], arrays['attn'], lay),
+                              os.path.join(plot_dir, 'attention_registers.png')))
+  if arrays['gate_rows']:
+    written.append(plots.save(plots.gates(arrays['gate_rows']),
+                              os.path.join(plot_dir, 'gates.png')))
+  written.append(plots.save(plots.sinks(arrays['attn_rows'], arrays['act_rows']),
+                            os.path.join(plot_dir, 'sinks.png')))
+  return [os.path.relpath(p, workdir) for p in written]
+
+
+def report(summary: dict) -> str:
+  """The short markdown report."""
+  o = summary['output_norms']
+  acc = summary['val_acc1_at_checkpoint']
+  lines = [
+      f"# Analysis of {summary['workdir']}", '',
+      f"Checkpoint: epoch {summary['checkpoint_epoch']} of {summary['epochs_trained']} "
+      f"(val top-1 {'%.2f%%' % acc if acc is not None else 'not in metrics.csv'}; best {summary['best_val_acc1']:.2f}% at "
+      f"epoch {summary['best_epoch']}); {summary['num_params']:,} parameters; "
+      f"{summary['probe_images']} probe images.", '',
+      f"Output patch-token norms: mean {o['l2_norm_mean']:.3f}, std {o['l2_norm_std']:.3f}, "
+      f"max {o['l2_norm_max']:.3f} ({o['max_over_median']:.2f}x the median); outlier ratio "
+      f"{o['l2_outlier_ratio']:.4f} under {summary['outlier_rule']}.", '']
+  if summary['gates']:
+    g = summary['gates']
+    lines += [f"Gates: mean {g['mean']:.3f}, sparsity {g['sparsity']:.3f} "
+              f"(share of gate values below {g['sparse_below']}).", '']
+  gate_cols = ' gate mean | gate sparsity |' if summary['gates'] else ''
+  lines += ['| block | norm mean | outlier ratio | max/median norm | sink share | sink | '
+            'on cls | on registers | max abs x |' + gate_cols,
+            '|---' * (9 + (2 if summary['gates'] else 0)) + '|']
+  for r in summary['layers']:
+    gate = f" {r['gate_mean']:.3f} | {r['gate_sparsity']:.3f} |" if summary['gates'] else ''
+    lines.append(f"| {r['block']} | {r['l2_norm_mean']:.2f} | {r['l2_outlier_ratio']:.4f} | "
+                 f"{r['max_over_median']:.2f} | {r['sink_share']:.3f} | {r['sink_kind']} | "
+                 f"{r['cls_share']:.3f} | {r['register_share']:.3f} | {r['act_max_abs']:.1f} |" + gate)
+  lines += ['', 'Plots: ' + ', '.join(f'[{p}]({p})' for p in summary['plots']), '']
+  return '\n'.join(lines)
+
+
+def _write_atomic(path: str, text: str) -> None:
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def analyze(config, workdir: str) -> dict:
+  epoch = check(config, workdir)
+  summary, arrays = summarize(config, workdir, epoch)
+  summary['plots'] = make_plots(config, workdir, arrays)
+  _write_atomic(os.path.join(workdir, 'analysis.json'), json.dumps(summary, indent=1))
+  _write_atomic(os.path.join(workdir, 'analysis.md'), report(summary))
+  o = summary['output_norms']
+  print(f"analysed epoch {epoch}: outlier ratio {o['l2_outlier_ratio']:.4f}, max/median norm "
+        f"{o['max_over_median']:.2f}; wrote {workdir}/analysis.json, analysis.md and "
+        f"{len(summary['plots'])} plots", flush=True)
+  return summary

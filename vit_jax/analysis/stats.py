@@ -1,0 +1,110 @@
+"""The numbers of the analysis, from one captured forward pass (numpy in, floats out).
+
+Token order is the model's: [cls, dist?, registers..., patches].
+"""
+import dataclasses
+
+import numpy as np
+
+from vit_jax import token_norms
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where each kind of token sits in the sequence."""
+  num_special: int      # cls (+ dist)
+  num_registers: int
+  num_patches: int
+
+  @property
+  def registers(self) -> slice:
+    return slice(self.num_special, self.num_special + self.num_registers)
+
+  @property
+  def patches(self) -> slice:
+    return slice(self.num_special + self.num_registers, None)
+
+  def kind(self, index: int) -> str:
+    if index == 0:
+      return 'cls'
+    if index < self.num_special:
+      return 'dist'
+    return 'register' if index < self.num_special + self.num_registers else 'patch'
+
+
+def layout(model_cfg) -> Layout:
+  n_special = 2 if model_cfg.distillation else 1
+  n_patches = (model_cfg.image_size // model_cfg.patch_size) ** 2
+  return Layout(n_special, model_cfg.num_registers, n_patches)
+
+
+def norm_stats(norms: np.ndarray, probe_cfg) -> dict:
+  """token_norms.stats plus the largest norm and the largest / median ratio."""
+  norms = np.asarray(norms, np.float64)
+  return {**token_norms.stats(norms, probe_cfg), 'l2_norm_max': float(norms.max()),
+          'max_over_median': float(norms.max() / np.median(norms))}
+
+
+def layer_norm_stats(layer_norms: np.ndarray, probe_cfg) -> list[dict]:
+  """One norm_stats per block; the outlier rule is applied within each layer."""
+  return [norm_stats(n, probe_cfg) for n in layer_norms]
+
+
+def outlier_tokens(norms: np.ndarray, probe_cfg) -> list[tuple[int, int]]:
+  """(image, patch) of every outlier token of a (B, N) norm array."""
+  mask = token_norms.outlier_mask(np.asarray(norms, np.float64), probe_cfg.outlier_rule,
+                                  probe_cfg.outlier_factor, probe_cfg.outlier_threshold)
+  return [tuple(int(i) for i in ij) for ij in np.argwhere(mask)]
+
+
+def attention_stats(attn: list[np.ndarray], lay: Layout) -> list[dict]:
+  """Per layer, from (B, H, T, T) attention probabilities.
+
+  sink_share: the attention mass (averaged over heads and queries) that the
+  single most-attended key of each image receives, averaged over images; sink
+  kind: which kind of token that key most often is. cls_share /
+  register_share: the mass on cls / on all registers. row_peak: the mean of
+  each row's largest weight (1 = every query attends one key).
+  """
+  rows = []
+  for a in attn:
+    a = np.asarray(a, np.float64)
+    received = a.mean(axis=(1, 2))                     # (B, T): mass each key receives
+    sink = received.argmax(-1)
+    kinds = [lay.kind(int(i)) for i in sink]
+    rows.append({
+        'sink_share': float(received.max(-1).mean()),
+        'sink_kind': max(set(kinds), key=kinds.count),
+        'sink_index': int(np.bincount(sink).argmax()),
+        'cls_share': float(a[..., 0].mean()),
+        'register_share': float(a[..., lay.registers].sum(-1).mean()),
+        'row_peak': float(a.max(-1).mean()),
+        'row_sum_max_error': float(np.abs(a.sum(-1) - 1).max()),
+    })
+  return rows
+
+
+def gate_stats(gates: list[np.ndarray], sparse_below: float) -> list[dict]:
+  """Per layer, from (B, T, H, D) sigmoid gate values: mean and sparsity per head.
+
+  Sparsity is the share of gate values below `sparse_below` (channels the gate
+  nearly closes); the gated-attention paper's G1 mean is about 0.116.
+  """
+  rows = []
+  for g in gates:
+    g = np.asarray(g, np.float64)
+    rows.append({'mean': float(g.mean()), 'sparsity': float((g < sparse_below).mean()),
+                 'head_mean': g.mean(axis=(0, 1, 3)).tolist(),
+                 'head_sparsity': (g < sparse_below).mean(axis=(0, 1, 3)).tolist(),
+                 'min': float(g.min()), 'max': float(g.max())})
+  return rows
+
+
+def activation_stats(blocks: list[np.ndarray]) -> list[dict]:
+  """Per layer: the largest |activation| of the residual stream and its ratio to the median."""
+  rows = []
+  for x in blocks:
+    x = np.abs(np.asarray(x, np.float64))
+    rows.append({'act_max_abs': float(x.max()),
+                 'act_max_over_median': float(x.max() / np.median(x))})
+  return rows
