@@ -53,6 +53,9 @@ def select_epoch(workdir: str, spec: str) -> int:
 
 def check(config, workdir: str) -> int:
   """Every bad input in one line before any model runs; returns the epoch to analyse."""
+  if config.model.get('arch', 'vit') != 'vit':
+    raise ValueError(f"config.trainer='analyze' studies ViT attention; model.arch="
+                     f"{config.model.arch!r} has none (use a ViT config)")
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'workdir {workdir!r} does not exist; analyze needs a training workdir')
   if not metrics_io.read(os.path.join(workdir, 'metrics.csv')):
