@@ -209,6 +209,13 @@ def test_check_names_what_was_expected(workdir, tmp_path, setup, fragment):
   assert not os.path.exists(os.path.join(target, 'plots')) or target == workdir
 
 
+def test_check_refuses_a_resnet_config(tmp_path):
+  c = config_lib.resnet_teacher(config_lib.base(), quick_variant=True)
+  c.trainer = 'analyze'
+  with pytest.raises(ValueError, match="model.arch='resnet' has none"):
+    analysis.check(c, str(tmp_path))
+
+
 def _fake_workdir(root, name, accs, outliers, speed, analysis_json=None):
   path = os.path.join(root, name)
   os.makedirs(path)
