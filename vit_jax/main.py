@@ -71,6 +71,12 @@ def main(argv):
       train.train_and_evaluate(config, FLAGS.workdir)
     except FloatingPointError as e:
       sys.exit(f'error: {e}')
+  elif config.trainer == 'crystallize':
+    from vit_jax.crystallize import run
+    try:
+      run.run(config, FLAGS.workdir)
+    except (ValueError, FileNotFoundError) as e:
+      sys.exit(f'error: {e}')
   else:  # preflight guarantees this is unreachable; kept for new trainers
     raise AssertionError(f'trainer {config.trainer!r} in {config_lib.TRAINERS} has no dispatch')
 
