@@ -24,8 +24,8 @@ def get_config(arg=None):
   c.gpt2 = ml_collections.ConfigDict(dict(weights='gpt2'))
   # The small offline model (used when gpt2.weights == ''), cached in workdir/model/.
   c.small = ml_collections.ConfigDict(dict(
-      n_layer=4, n_embd=128, n_head=4, train_steps=1200, batch_size=16, lr=3e-3,
-      warmup_steps=100, weight_decay=0.01, log_every=200))
+      n_layer=4, n_embd=128, n_head=4, train_steps=400, batch_size=16, lr=3e-3,
+      warmup_steps=40, weight_decay=0.01, log_every=50))
   # source: pydoc (held-out 10% of pydoc_data.topics) | file (path) | wikitext103 (split)
   c.text = ml_collections.ConfigDict(dict(source='wikitext103', path='', split='test'))
   c.study = ml_collections.ConfigDict(dict(

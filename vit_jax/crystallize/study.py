@@ -101,17 +101,20 @@ def recovered(ppl_top1: float, ppl_c: float, ppl_base: float) -> float | None:
 
 
 def verdict(ppl_base, ppl_top1, curve, d_head, target=0.9, tolerance=0.01) -> str:
-  if ppl_top1 - ppl_base <= tolerance * ppl_base:
-    return (f'crystalline: top-1 attention alone stays within {tolerance:.0%} of the '
-            f'baseline perplexity')
+  """How much top-1 costs, and the smallest d_r that wins back `target` of that cost."""
+  cost = (ppl_top1 - ppl_base) / ppl_base
+  head = (f'{"crystalline" if cost <= tolerance else "not crystalline"}: top-1 attention '
+          f'costs {cost:+.2%} perplexity')
+  if ppl_top1 <= ppl_base:
+    return head + '; there is no top-1 loss for the residual to recover'
   good = [c for c in curve if c['recovered'] >= target]
   if good:
     c = min(good, key=lambda c: c['d_r'])
-    return (f'compressible: d_r={c["d_r"]} of {d_head} recovers {c["recovered"]:.0%} of the '
-            f'top-1 loss; the layers are near-crystalline with a low-rank residual')
+    return (head + f'; compressible residual: d_r={c["d_r"]} of {d_head} recovers '
+            f'{c["recovered"]:.0%} of that loss')
   best = max(curve, key=lambda c: c['recovered'])
-  return (f'not compressible at the tested ranks: the best, d_r={best["d_r"]} of {d_head}, '
-          f'recovers {best["recovered"]:.0%} of the top-1 loss')
+  return (head + f'; residual not compressible at the tested ranks: the best, d_r={best["d_r"]} '
+          f'of {d_head}, recovers {best["recovered"]:.0%} of that loss')
 
 
 def run_study(model, calib: np.ndarray, evals: np.ndarray, study_cfg, batch_size: int,
