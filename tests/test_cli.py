@@ -28,7 +28,7 @@ def _one_line_error(proc, *fragments):
     (['--config', 'configs/vanilla.py:quick', '--config.model.gate=g3'],
      ["model.gate='g3' is not one of ('none', 'g1', 'g2')"]),
     (['--config', 'configs/vanilla.py:quick', '--config.trainer=fit'],
-     ["trainer='fit' is not one of ('train',)"]),
+     ["trainer='fit' is not one of ('train', 'analyze', 'crystallize')"]),
     (['--config', 'configs/vanilla.py:quick', '--config.batch_size=0'],
      ['batch_size=0 must be a positive multiple']),
     (['--config', 'configs/deit_distill.py:quick'],

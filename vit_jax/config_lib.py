@@ -6,7 +6,7 @@ recipe and model, and, for arg == 'quick', shrinks to the embedded default
 """
 import ml_collections
 
-TRAINERS = ('train', 'analyze')
+TRAINERS = ('train', 'analyze', 'crystallize')
 ARGS = ('', 'quick')
 
 

@@ -74,6 +74,12 @@ def main(argv):
   elif config.trainer == 'analyze':
     from vit_jax.analysis import run as analysis
     analysis.analyze(config, FLAGS.workdir)
+  elif config.trainer == 'crystallize':
+    from vit_jax.crystallize import run
+    try:
+      run.run(config, FLAGS.workdir)
+    except (ValueError, FileNotFoundError) as e:
+      sys.exit(f'error: {e}')
   else:  # preflight guarantees this is unreachable; kept for new trainers
     raise AssertionError(f'trainer {config.trainer!r} in {config_lib.TRAINERS} has no dispatch')
 

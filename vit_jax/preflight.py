@@ -16,6 +16,10 @@ from vit_jax.data import sources
 def check(config, workdir: str) -> None:
   if config.trainer not in config_lib.TRAINERS:
     raise ValueError(f'trainer={config.trainer!r} is not one of {config_lib.TRAINERS}')
+  if config.trainer == 'crystallize':  # a GPT-2 study: none of the ViT fields below apply
+    from vit_jax.crystallize import checks
+    checks.check(config, workdir)
+    return
   if config.loss.name not in losses.LOSSES:
     raise ValueError(f'loss.name={config.loss.name!r} is not one of {tuple(losses.LOSSES)}')
   if config.optim.name not in optim.OPTIMIZERS:
