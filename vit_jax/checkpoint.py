@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 
+from absl import logging
 import grain
 import jax
 from jax.experimental import multihost_utils
@@ -115,7 +116,12 @@ def _set_aside(mngr: ocp.CheckpointManager, step: int) -> None:
 
 def saved_param_shapes(step_dir: str) -> dict:
   """{'path/to/param': shape} of the params saved in one step directory, read from metadata."""
-  meta = ocp.StandardCheckpointer().metadata(os.path.join(os.path.abspath(step_dir), 'state'))
+  quiet = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)   # orbax warns that a Composite item has no step metadata
+  try:
+    meta = ocp.StandardCheckpointer().metadata(os.path.join(os.path.abspath(step_dir), 'state'))
+  finally:
+    logging.set_verbosity(quiet)
   tree = getattr(meta, 'item_metadata', meta)['params']
   return {_path(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
