@@ -5,10 +5,13 @@ Steps are epoch numbers, so the latest step is the last finished epoch.
 """
 import contextlib
 import os
+import shutil
+import sys
 
 from absl import logging
 import grain
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
@@ -26,19 +29,90 @@ def manager(workdir: str, every_epochs: int) -> ocp.CheckpointManager:
                                options=options, item_names=('state', 'data'))
 
 
-def save(mngr: ocp.CheckpointManager, epoch: int, state, data_iter, metrics: dict) -> None:
-  mngr.save(epoch, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=grain.checkpoint.CheckpointSave(data_iter)), metrics=metrics)
-  mngr.wait_until_finished()
+def preempt_manager(workdir: str) -> ocp.CheckpointManager:
+  """checkpoints/preempted: one mid-epoch checkpoint, written on SIGTERM; steps are train steps."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, 'checkpoints', PREEMPTED)), options=options,
+      item_names=('state', 'data', 'progress'))
 
 
-def restore(mngr: ocp.CheckpointManager, epoch: int, abstract_state, data_iter):
-  """Restore `epoch` into the shapes/shardings of abstract_state; data_iter is set in place."""
-  restored = mngr.restore(epoch, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=grain.checkpoint.CheckpointRestore(data_iter)))
-  return restored['state']
+PREEMPTED = 'preempted'
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, metrics: dict | None = None,
+         progress: dict | None = None) -> None:
+  """Write one step; a failed write (a full disk) raises OSError naming what is still intact."""
+  items = dict(state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter))
+  if progress is not None:
+    items['progress'] = ocp.args.JsonSave(progress)
+  previous = mngr.latest_step()
+  try:
+    mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics)
+    mngr.wait_until_finished()
+  except Exception as e:  # orbax and tensorstore wrap OSError in their own types
+    if jax.process_index() == 0:   # free what the half-written step took
+      for name in os.listdir(mngr.directory):
+        if name.startswith(f'{step}.orbax-checkpoint-tmp'):
+          shutil.rmtree(os.path.join(mngr.directory, name), ignore_errors=True)
+    kept = f'step {previous} in {mngr.directory} is intact' if previous is not None else (
+        f'no earlier checkpoint in {mngr.directory}')
+    raise OSError(f'could not write checkpoint step {step} to {mngr.directory} '
+                  f'({_reason(e)}); {kept}') from e
+
+
+def _reason(e: BaseException) -> str:
+  text = ' '.join(str(e).split())
+  for known in ('No space left on device', 'Read-only file system', 'Permission denied',
+                'Disk quota exceeded'):
+    if known in text:
+      return known
+  return f'{type(e).__name__}: {text[:200]}'
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iter,
+            with_progress: bool = False):
+  """Restore `step` into the shapes/shardings of abstract_state; data_iter is set in place."""
+  items = dict(state=ocp.args.StandardRestore(abstract_state),
+               data=grain.checkpoint.CheckpointRestore(data_iter))
+  if with_progress:
+    items['progress'] = ocp.args.JsonRestore()
+  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  return (restored['state'], restored['progress']) if with_progress else restored['state']
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter):
+  """(step, state) of the newest checkpoint that reads back; (0, None) if there is none.
+
+  An unreadable step (a truncated or half-copied file) gets one warning line and
+  is renamed to STEP.unreadable, so that the run falls back to the step before
+  it and can later write that step number again.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      return step, restore(mngr, step, abstract_state, data_iter)
+    except Exception as e:  # any decoding or I/O error of this step
+      older = [s for s in mngr.all_steps() if s < step]
+      print(f'warning: checkpoint step {step} in {mngr.directory} is unreadable '
+            f'({_reason(e)}); falling back to ' + (f'step {max(older)}' if older else 'none'),
+            file=sys.stderr, flush=True)
+      _set_aside(mngr, step)
+  if steps:
+    raise OSError(f'no checkpoint in {mngr.directory} reads back; move the folder away to '
+                  'start afresh')
+  return 0, None
+
+
+def _set_aside(mngr: ocp.CheckpointManager, step: int) -> None:
+  path = os.path.join(str(mngr.directory), str(step))
+  if jax.process_index() == 0:
+    aside = path + '.unreadable'
+    while os.path.exists(aside):
+      aside += '_'
+    os.replace(path, aside)
+  multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
+  mngr.reload()
 
 
 @contextlib.contextmanager

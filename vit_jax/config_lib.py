@@ -28,6 +28,14 @@ def base() -> ml_collections.ConfigDict:
   c.dtype = 'float32'               # compute dtype; params stay float32
   c.checkpoint_every_epochs = 25    # kept for good; the latest is always kept too
 
+  # Multi-process runs (vit_jax/distributed.py). All empty: a SLURM or Open MPI
+  # job is detected from its environment, anything else is one process.
+  c.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address='',     # HOST:PORT of process 0, reachable from every process
+      num_processes=0,            # 0 = detect
+      process_id=-1,              # -1 = detect
+      init_timeout_s=300.0))      # start-up that takes longer stops with an error
+
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'cifar100'       # digits | cifar10 | cifar100 | imagenet100
   c.dataset.data_dir = ''           # tfds data_dir ('' = tfds default) or ImageFolder root

@@ -14,6 +14,7 @@ import jax
 from ml_collections import config_flags
 
 from vit_jax import config_lib
+from vit_jax import distributed
 from vit_jax import preflight
 
 FLAGS = flags.FLAGS
@@ -61,6 +62,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
   try:
+    distributed.check(config.distributed)
+    distributed.initialize(config.distributed)   # before any other JAX call
     preflight.check(config, FLAGS.workdir)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
@@ -69,8 +72,11 @@ def main(argv):
     from vit_jax import train
     try:
       train.train_and_evaluate(config, FLAGS.workdir)
-    except FloatingPointError as e:
+    except (FloatingPointError, OSError) as e:
       sys.exit(f'error: {e}')
+    except train.Preempted as e:
+      print(e, file=sys.stderr, flush=True)
+      sys.exit(EXIT_PREEMPTED)
   elif config.trainer == 'analyze':
     from vit_jax.analysis import run as analysis
     analysis.analyze(config, FLAGS.workdir)
@@ -84,5 +90,18 @@ def main(argv):
     raise AssertionError(f'trainer {config.trainer!r} in {config_lib.TRAINERS} has no dispatch')
 
 
+# Exit codes, which launch/autorestart.sh acts on: 0 done; EXIT_ERROR (2) one
+# `error: ...` line, a retry would fail the same way; EXIT_PREEMPTED (75, EX_TEMPFAIL)
+# stopped by SIGTERM after writing a checkpoint, run again to resume; anything
+# else is a crash, resumable from the last checkpoint.
+EXIT_PREEMPTED = 75
+
+
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except SystemExit as e:
+    if isinstance(e.code, str):   # sys.exit('error: ...')
+      print(e.code, file=sys.stderr, flush=True)
+      sys.exit(distributed.EXIT_ERROR)
+    raise

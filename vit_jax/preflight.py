@@ -1,5 +1,6 @@
 """Checks run before any work: a bad value gets one line naming it and what is accepted."""
 import os
+import tempfile
 
 import jax
 
@@ -51,6 +52,7 @@ def check(config, workdir: str) -> None:
     from vit_jax.analysis import run as analysis
     analysis.check(config, workdir)
   else:
+    check_writable(workdir)
     check_resume(config, workdir, model)
 
 
@@ -78,15 +80,45 @@ def check_ranges(config) -> None:
       raise ValueError(f'{field}={value} is outside [{low}, {high}]')
 
 
+def check_writable(workdir: str) -> None:
+  """Try a write where the run will write: the workdir, or the folder that will hold it.
+
+  A permission check alone would pass for root on a read-only file system.
+  """
+  target = os.path.abspath(workdir)
+  folder = target
+  while not os.path.isdir(folder):
+    folder = os.path.dirname(folder)
+  what = 'workdir' if folder == target else 'the folder that would hold workdir'
+  ckpt = os.path.join(target, 'checkpoints')   # a finished run's may have its own mode
+  for path in [folder] + ([ckpt] if os.path.isdir(ckpt) else []):
+    try:
+      tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+      raise ValueError(f'{what} {path!r} is not writable ({e.strerror}); '
+                       'choose another --workdir') from None
+
+
 def check_resume(config, workdir: str, model) -> None:
-  """A workdir's checkpoint must hold the model this config builds; nothing is touched."""
+  """A workdir's checkpoint must hold the model this config builds; nothing is touched.
+
+  The newest step whose metadata reads is checked (the preemption checkpoint
+  first); an unreadable one is left for the restore to report and skip.
+  """
   ckpt_dir = os.path.join(workdir, 'checkpoints')
-  steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
-  if not steps:
+  candidates = []
+  for folder in (os.path.join(ckpt_dir, checkpoint.PREEMPTED), ckpt_dir):
+    steps = [int(d) for d in os.listdir(folder) if d.isdigit()] if os.path.isdir(folder) else []
+    candidates += [(folder, s) for s in sorted(steps, reverse=True)]
+  expected = checkpoint.param_shapes(models.abstract_params(model))
+  for folder, step in candidates:
+    try:
+      saved = checkpoint.saved_param_shapes(os.path.join(folder, str(step)))
+    except Exception:  # unreadable: the restore warns and falls back past it
+      continue
+    mismatch = checkpoint.shape_mismatch(saved, expected)
+    if mismatch:
+      raise ValueError(f'workdir {workdir!r} holds a checkpoint of a different model '
+                       f'({os.path.relpath(folder, workdir)} step {step}): {mismatch}; '
+                       'use a new --workdir')
     return
-  step_dir = os.path.join(ckpt_dir, str(max(steps)))
-  mismatch = checkpoint.shape_mismatch(checkpoint.saved_param_shapes(step_dir),
-                                       checkpoint.param_shapes(models.abstract_params(model)))
-  if mismatch:
-    raise ValueError(f'workdir {workdir!r} holds a checkpoint of a different model '
-                     f'(epoch {max(steps)}): {mismatch}; use a new --workdir')

@@ -1,6 +1,9 @@
 """Training and evaluation: a jitted, data-parallel train step over a device mesh."""
 import functools
 import os
+import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -9,6 +12,7 @@ from clu import metric_writers
 import flax
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
@@ -215,6 +219,65 @@ class Trainer:
     return self.global_batch(self._local_rows({'image': batch['image']}))['image']
 
 
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint of the current step was written, and running again resumes."""
+
+
+class PreemptionWatch:
+  """SIGTERM sets a flag that the train loop reads between steps.
+
+  With several processes, JAX's preemption sync (started by
+  jax.distributed.initialize, which listens for SIGTERM itself) picks one step
+  for all of them, so that every process saves the same state.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+def _resume_preempted(preempt_mngr, mngr, trainer, data_iter, steps_per_epoch):
+  """(state, finished epochs, losses of the steps done since) from checkpoints/preempted, or None.
+
+  Only a mid-epoch checkpoint newer than the last epoch checkpoint is used.
+  """
+  step = preempt_mngr.latest_step()
+  if step is None:
+    return None
+  if step <= (mngr.latest_step() or 0) * steps_per_epoch:
+    return None   # written before the crash that also left a newer epoch checkpoint
+  fresh = data_iter.get_state()
+  try:
+    state, progress = checkpoint.restore(preempt_mngr, step, trainer.abstract_state, data_iter,
+                                         with_progress=True)
+  except Exception as e:  # a checkpoint cut short by the preemption itself
+    data_iter.set_state(fresh)
+    print(f'warning: preemption checkpoint {preempt_mngr.directory}/{step} is unreadable '
+          f'({type(e).__name__}); resuming from the last epoch checkpoint',
+          file=sys.stderr, flush=True)
+    return None
+  epoch = progress['epoch']
+  print(f'resumed from {preempt_mngr.directory} at step {step} (epoch {epoch}, step '
+        f'{len(progress["train_losses"])} of {steps_per_epoch})', flush=True)
+  return state, epoch - 1, progress['train_losses']
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        stop_after_epoch: int | None = None) -> dict:
   """Train from scratch, or resume from workdir's latest checkpoint; returns the last row.
@@ -240,11 +303,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   os.makedirs(os.path.join(workdir, 'l2_norms', 'layers'), exist_ok=True)
   mngr = checkpoint.manager(workdir, config.checkpoint_every_epochs)
-  start_epoch = mngr.latest_step() or 0
-  if start_epoch:
-    state = checkpoint.restore(mngr, start_epoch, trainer.abstract_state, data_iter)
-    logging.info('Resumed from epoch %d', start_epoch)
-    print(f'resumed from {workdir}/checkpoints at epoch {start_epoch}', flush=True)
+  preempt_mngr = checkpoint.preempt_manager(workdir)
+  start_epoch, done_losses = 0, []
+  resumed = _resume_preempted(preempt_mngr, mngr, trainer, data_iter, steps_per_epoch)
+  if resumed:
+    state, start_epoch, done_losses = resumed
+  else:
+    start_epoch, restored = checkpoint.restore_latest(mngr, trainer.abstract_state, data_iter)
+    if restored is not None:
+      state = restored
+      logging.info('Resumed from epoch %d', start_epoch)
+      print(f'resumed from {workdir}/checkpoints at epoch {start_epoch}', flush=True)
   if is_main:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -257,12 +326,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   csv_path = os.path.join(workdir, 'metrics.csv')
 
   row = {}
+  watch = PreemptionWatch()
   for epoch in range(start_epoch + 1, config.total_epochs + 1):
     t0 = time.perf_counter()
-    step_metrics = []
-    for _ in range(steps_per_epoch):
+    step_metrics = [{'loss': np.float32(l)} for l in done_losses]
+    for i in range(len(done_losses), steps_per_epoch):
+      step = (epoch - 1) * steps_per_epoch + i
+      if watch.reached(step):
+        losses = [float(m['loss']) for m in jax.device_get(step_metrics)]
+        checkpoint.save(preempt_mngr, step, state, data_iter,
+                        progress={'epoch': epoch, 'train_losses': losses})
+        watch.close()
+        raise Preempted(f'preempted: SIGTERM at step {step} (epoch {epoch}, {i} of '
+                        f'{steps_per_epoch} steps); checkpoint written to '
+                        f'{preempt_mngr.directory}/{step}; run the same command to resume')
       state, m = trainer.train_step(state, trainer.global_batch(next(data_iter)))
       step_metrics.append(m)
+    done_losses = []
     step_metrics = jax.device_get(step_metrics)
     skipped = imagefolder.UNREADABLE.take()
     if skipped:
@@ -293,10 +373,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           f"lr {row['lr']:.2e} | {row['images_per_s']:.0f} img/s | {row['epoch_time_s']:.1f}s",
           flush=True)
     checkpoint.save(mngr, epoch, state, data_iter, {'val_acc1': row['val_acc1']})
+    for step in preempt_mngr.all_steps():   # superseded by the epoch's checkpoint
+      preempt_mngr.delete(step)
     if stop_after_epoch is not None and epoch >= stop_after_epoch:
       break
+  watch.close()
   writer.flush()
   mngr.close()
+  preempt_mngr.close()
   if row:
     print(f"final validation top-1: {row['val_acc1']:.2f}% (epoch {row['epoch']})", flush=True)
   return row

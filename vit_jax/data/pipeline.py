@@ -102,8 +102,10 @@ def train_loader(source, dataset_cfg, per_process_batch: int, seed: int) -> grai
   if dataset_cfg.repeated_aug > 1:
     sampler = samplers.RepeatedAugSampler(len(source), dataset_cfg.repeated_aug, seed, shard)
   else:
-    sampler = grain.samplers.IndexSampler(num_records=len(source), shuffle=True,
-                                          num_epochs=None, seed=seed, shard_options=shard)
+    sampler = samplers.GlobalBatchOrder(
+        grain.samplers.IndexSampler(num_records=len(source), shuffle=True, num_epochs=None,
+                                    seed=seed),
+        per_process_batch, shard)
   return grain.DataLoader(data_source=source, sampler=sampler, operations=ops,
                           worker_count=dataset_cfg.workers,
                           read_options=grain.ReadOptions(num_threads=0))

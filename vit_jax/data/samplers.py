@@ -44,3 +44,33 @@ class RepeatedAugSampler:
     key = int(self._perm(epoch)[position // self._repeats])
     rng = np.random.Generator(np.random.Philox(key=self._seed + index))
     return grain.RecordMetadata(index=index, record_key=key, rng=rng)
+
+
+class GlobalBatchOrder:
+  """grain Sampler: every process reads its rows of each global batch from one global order.
+
+  grain's IndexSampler shards the records first and shuffles each shard, so the
+  global batches depend on the number of processes. Here the records are read
+  in the order of `unsharded` (a sampler of one process), and process r of P
+  takes rows [r * b, (r + 1) * b) of every global batch of P * b: N processes
+  train on exactly the batches (rows and random streams) that one would.
+  """
+
+  def __init__(self, unsharded, per_process_batch: int,
+               shard_options: grain.sharding.ShardOptions):
+    self._unsharded, self._b = unsharded, per_process_batch
+    self._shard_options = shard_options   # grain's DataLoader reads it from here
+
+  def __len__(self):
+    return len(self._unsharded)
+
+  def __repr__(self):
+    return (f'GlobalBatchOrder({self._unsharded!r}, per_process_batch={self._b}, '
+            f'shard_options={self._shard_options!r})')
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    count = self._shard_options.shard_count
+    rank, local = index % count, index // count    # grain reads index rank + local * P
+    batch, row = divmod(local, self._b)
+    record = self._unsharded[batch * self._b * count + rank * self._b + row]
+    return grain.RecordMetadata(index=index, record_key=record.record_key, rng=record.rng)
