@@ -74,14 +74,13 @@ class Attention(nn.Module):
     b, t, width = x.shape
     h = self.num_heads
     d = width // h
-    dot = mixed.dot_general_for(self.dtype)
-    qkv = nn.Dense(3 * width, use_bias=self.qkv_bias, kernel_init=_dense_init,
-                   dtype=self.dtype, dot_general=dot, name='qkv')(x)
+    qkv = mixed.Dense(3 * width, use_bias=self.qkv_bias, kernel_init=_dense_init,
+                      dtype=self.dtype, name='qkv')(x)
     q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, h, d), 2, 0)  # each (B, T, H, D)
     aux = {}
     if self.gate != 'none':
-      g = nn.Dense(width, use_bias=False, kernel_init=_dense_init, dtype=self.dtype,
-                   dot_general=dot, name='gate')(x)
+      g = mixed.Dense(width, use_bias=False, kernel_init=_dense_init, dtype=self.dtype,
+                      name='gate')(x)
       g = nn.sigmoid(g.astype(jnp.float32)).reshape(b, t, h, d)
       if capture:
         aux['gate'] = g
@@ -100,8 +99,8 @@ class Attention(nn.Module):
       y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
     if self.gate == 'g1':
       y = y * g
-    return nn.Dense(width, kernel_init=_dense_init, dtype=self.dtype, dot_general=dot,
-                    name='proj')(y.reshape(b, t, width)), aux
+    return mixed.Dense(width, kernel_init=_dense_init, dtype=self.dtype,
+                       name='proj')(y.reshape(b, t, width)), aux
 
 
 class Mlp(nn.Module):
@@ -112,8 +111,7 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool):
     width = x.shape[-1]
-    dense = lambda n, name: nn.Dense(n, kernel_init=_dense_init, dtype=self.dtype,
-                                     dot_general=mixed.dot_general_for(self.dtype), name=name)
+    dense = lambda n, name: mixed.Dense(n, kernel_init=_dense_init, dtype=self.dtype, name=name)
     x = nn.Dropout(self.dropout_rate)(_gelu(dense(self.hidden, 'fc1')(x)), deterministic)
     return dense(width, 'fc2')(x)
 
