@@ -1,6 +1,8 @@
 """`bench model` on tiny shapes: FLOP count against a hand count, the report's fields, timm."""
 import importlib.util
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -89,8 +91,14 @@ def test_mixed_matmul_accumulates_bf16_in_float32_forward_and_backward():
 
 @pytest.mark.skipif(importlib.util.find_spec('timm') is None, reason='bench extra not installed')
 def test_timm_runner_trains_the_same_shape():
-  from vit_jax import bench_timm
-  assert bench_timm.runner('svd', 32, 4, 2, 'float32', False) is None
-  step = bench_timm.runner('register', 32, 4, 2, 'bfloat16', False)
-  first, second = float(step()), float(step())
-  assert np.isfinite(first) and first != second
+  """In a fresh interpreter: importing torch's triton after TensorFlow (loaded by other
+  tests through clu) can segfault the process, which a benchmark run never does."""
+  code = """
+import numpy as np
+from vit_jax import bench_timm
+assert bench_timm.runner('svd', 32, 4, 2, 'float32', False) is None
+step = bench_timm.runner('register', 32, 4, 2, 'bfloat16', False)
+first, second = float(step()), float(step())
+assert np.isfinite(first) and first != second
+"""
+  subprocess.run([sys.executable, '-c', code], check=True, timeout=300)
