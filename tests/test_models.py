@@ -269,3 +269,18 @@ def test_build_model_rejects_bad_values():
   cfg.svd_tap_layers = (0, 9)
   with pytest.raises(ValueError, match=r'svd_tap_layers has \[0, 9\]; layers are 1..3'):
     models.build_model(cfg, 7)
+
+
+def test_bfloat16_compute_tracks_float32():
+  """bf16 Dense layers (bf16 operands, float32 accumulation) keep the float32 model's outputs."""
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+  params = vit.ViT(**TINY).init({'params': jax.random.key(0)}, x)['params']
+  want = vit.ViT(**TINY).apply({'params': params}, x, capture=True)[1]['pre_logits']
+  for capture in (False, True):   # dot_product_attention, and the explicit-softmax path
+    got = vit.ViT(**TINY, dtype=jnp.bfloat16).apply({'params': params}, x, capture=capture)[1]
+    np.testing.assert_allclose(got['pre_logits'], want, atol=0.05 * float(jnp.abs(want).max()))
+
+
+def test_attention_impl_is_checked():
+  with pytest.raises(ValueError, match=r"model.attention_impl='flash' is not one of"):
+    vit.ViT(**TINY, attention_impl='flash')._check()

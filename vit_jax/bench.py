@@ -1,11 +1,14 @@
 r"""Benchmarks that print ratios.
 
   python -m vit_jax.bench data [--workers 2] [--out results/bench_data.json]
+  python -m vit_jax.bench model [--timm] [--out results/bench_model.json]  (see bench_model.py)
 
 `data`: images/s of the full input pipeline (real on-disk formats made in a
 temporary directory: CIFAR-style tfds array_record at 32x32, JPEG ImageFolder
 at 224) including the on-device augmentation of the matching recipe, against
 the images/s of that recipe's train step measured in the same run.
+
+`model`: the train step of every variant against timm and the matmul peak.
 """
 import json
 import os
@@ -21,6 +24,8 @@ from absl import flags
 from absl import logging
 import jax
 import numpy as np
+
+from vit_jax import bench_model
 
 _WORKERS = flags.DEFINE_integer('workers', 2, 'grain worker processes.')
 _OUT = flags.DEFINE_string('out', '', 'Write the numbers as JSON here too.')
@@ -106,9 +111,12 @@ def _report(name: str, r: dict) -> None:
 
 
 def main(argv):
-  if argv[1:] != ['data']:
-    sys.exit(f'error: unknown benchmark {argv[1:]}; available: data')
+  if argv[1:] not in (['data'], ['model']):
+    sys.exit(f'error: unknown benchmark {argv[1:]}; available: data, model')
   logging.set_verbosity(logging.WARNING)
+  if argv[1] == 'model':
+    _write(bench_model.run(save=_write))
+    return
   from vit_jax import config_lib
   results = {'device': str(jax.devices()[0].device_kind), 'cpu_count': os.cpu_count(),
              'workers': _WORKERS.value}
@@ -127,7 +135,12 @@ def main(argv):
     results['imagenet_224'] = bench_shape(c, steps=2)
     _report('224x224, DeiT-III recipe (JPEG, RRC, 3-Augment, jitter, mixup/cutmix)',
             results['imagenet_224'])
+  _write(results)
+
+
+def _write(results: dict) -> None:
   if _OUT.value:
+    results['command'] = ' '.join(['python -m vit_jax.bench'] + sys.argv[1:])
     with open(_OUT.value, 'w') as f:
       json.dump(results, f, indent=2)
 

@@ -175,6 +175,7 @@ class Trainer:
                           base_rng=self.base_rng, teacher_model=self.teacher_model),
         in_shardings=(self.state_sharding, self.data_sharding, self.replicated),
         out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+    self.jitted_step = step   # for .lower(): the benchmark reads XLA's cost and memory analyses
     self.train_step = lambda state, batch: step(state, batch, self.teacher_params)
     self.eval_step = jax.jit(functools.partial(eval_step, model=self.model, config=c),
                              in_shardings=(self.state_sharding.params, self.data_sharding),

@@ -16,11 +16,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models import mixed
 from vit_jax.models import svd_taps
 
 GATES = ('none', 'g1', 'g2')
 POS_EMBEDS = ('patches', 'all')
 HEADS = ('linear', 'mlp')
+ATTENTION_IMPLS = ('xla', 'cudnn')  # jax.nn.dot_product_attention's; cudnn needs a GPU
 
 _dense_init = nn.initializers.truncated_normal(0.02)
 _gelu = lambda x: nn.gelu(x, approximate=False)  # exact (erf) GELU, as torch
@@ -65,19 +67,20 @@ class Attention(nn.Module):
   gate: str = 'none'
   attention_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  attention_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x, deterministic: bool, capture: bool):
     b, t, width = x.shape
     h = self.num_heads
     d = width // h
-    qkv = nn.Dense(3 * width, use_bias=self.qkv_bias, kernel_init=_dense_init,
-                   dtype=self.dtype, name='qkv')(x)
+    qkv = mixed.Dense(3 * width, use_bias=self.qkv_bias, kernel_init=_dense_init,
+                      dtype=self.dtype, name='qkv')(x)
     q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, h, d), 2, 0)  # each (B, T, H, D)
     aux = {}
     if self.gate != 'none':
-      g = nn.Dense(width, use_bias=False, kernel_init=_dense_init, dtype=self.dtype,
-                   name='gate')(x)
+      g = mixed.Dense(width, use_bias=False, kernel_init=_dense_init, dtype=self.dtype,
+                      name='gate')(x)
       g = nn.sigmoid(g.astype(jnp.float32)).reshape(b, t, h, d)
       if capture:
         aux['gate'] = g
@@ -93,11 +96,11 @@ class Attention(nn.Module):
       probs = nn.Dropout(self.attention_dropout_rate)(probs, deterministic)
       y = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v)
     else:
-      y = jax.nn.dot_product_attention(q, k, v)
+      y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
     if self.gate == 'g1':
       y = y * g
-    return nn.Dense(width, kernel_init=_dense_init, dtype=self.dtype,
-                    name='proj')(y.reshape(b, t, width)), aux
+    return mixed.Dense(width, kernel_init=_dense_init, dtype=self.dtype,
+                       name='proj')(y.reshape(b, t, width)), aux
 
 
 class Mlp(nn.Module):
@@ -108,9 +111,9 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool):
     width = x.shape[-1]
-    x = nn.Dense(self.hidden, kernel_init=_dense_init, dtype=self.dtype, name='fc1')(x)
-    x = nn.Dropout(self.dropout_rate)(_gelu(x), deterministic)
-    return nn.Dense(width, kernel_init=_dense_init, dtype=self.dtype, name='fc2')(x)
+    dense = lambda n, name: mixed.Dense(n, kernel_init=_dense_init, dtype=self.dtype, name=name)
+    x = nn.Dropout(self.dropout_rate)(_gelu(dense(self.hidden, 'fc1')(x)), deterministic)
+    return dense(width, 'fc2')(x)
 
 
 class Block(nn.Module):
@@ -125,6 +128,7 @@ class Block(nn.Module):
   attention_dropout_rate: float
   layer_norm_eps: float
   dtype: Any
+  attention_impl: str = 'xla'
 
   def _branch(self, y, name, deterministic):
     y = nn.Dropout(self.dropout_rate)(y, deterministic)
@@ -136,7 +140,8 @@ class Block(nn.Module):
   def __call__(self, x, deterministic: bool, capture: bool):
     norm = lambda name: nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name=name)
     y, aux = Attention(self.num_heads, self.qkv_bias, self.gate,
-                       self.attention_dropout_rate, self.dtype, name='attn')(
+                       self.attention_dropout_rate, self.dtype, self.attention_impl,
+                       name='attn')(
                            norm('norm1')(x), deterministic, capture)
     x = x + self._branch(y, 'attn', deterministic)
     y = Mlp(int(x.shape[-1] * self.mlp_ratio), self.dropout_rate, self.dtype,
@@ -185,12 +190,14 @@ class ViT(nn.Module):
   head: str = 'linear'
   head_dropout_rate: float = 0.0
   layer_norm_eps: float = 1e-6
+  attention_impl: str = 'xla'
   dtype: Any = jnp.float32
 
   def _check(self):
     for name, value, allowed in (('gate', self.gate, GATES),
                                  ('pos_embed', self.pos_embed, POS_EMBEDS),
-                                 ('head', self.head, HEADS)):
+                                 ('head', self.head, HEADS),
+                                 ('attention_impl', self.attention_impl, ATTENTION_IMPLS)):
       if value not in allowed:
         raise ValueError(f'model.{name}={value!r} is not one of {allowed}')
     if self.image_size % self.patch_size:
@@ -242,7 +249,7 @@ class ViT(nn.Module):
       x, aux = Block(self.num_heads, self.mlp_ratio, self.qkv_bias, self.gate,
                      self.layerscale_init, rate, self.dropout_rate,
                      self.attention_dropout_rate, self.layer_norm_eps, self.dtype,
-                     name=f'block_{i}')(x, deterministic, capture)
+                     self.attention_impl, name=f'block_{i}')(x, deterministic, capture)
       if capture:
         out['blocks'].append(x)
         out['attn'].append(aux['attn'])

@@ -1,0 +1,104 @@
+"""`bench model` on tiny shapes: FLOP count against a hand count, the report's fields, timm."""
+import importlib.util
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import bench_model
+from vit_jax.models import mixed
+
+TINY = dict(patch_size=8, width=128, depth=2, num_heads=4)   # 32x32 -> 16 patches + cls
+
+
+def test_train_step_flops_match_hand_count():
+  """XLA's count of the compiled step vs 3x the forward matmul FLOPs counted by hand.
+
+  Forward: 12 w^2 weights per block seen by each of T tokens (qkv 3w^2, proj
+  w^2, MLP 8w^2), QK^T and PV (2 T^2 w), patch embedding and head; a train
+  step is ~3x that (forward, input and weight gradients). XLA also counts the
+  elementwise work (LayerNorm, GELU, softmax, AdamW, clipping), which at
+  width 128 adds ~10% (measured 1.10; 1.13 at width 64, 1.10 at 192), so the
+  window [1.0, 1.15] admits it, while a missing backward matmul (<= 0.7) or a
+  forward counted twice (>= 1.3) falls outside.
+  """
+  batch, w, d, t, p = 4, TINY['width'], TINY['depth'], 17, 16
+  step = bench_model.JaxStep(bench_model.variant_config('vanilla', 32, 'float32', batch, **TINY))
+  forward = batch * (d * (2 * t * 12 * w * w + 2 * 2 * t * t * w)
+                     + 2 * p * (8 * 8 * 3) * w + 2 * w * 100)
+  assert 1.0 <= step.flops / (3 * forward) <= 1.15
+  assert step.memory_bytes > 4 * 3 * step.params   # params + two AdamW moments, float32
+
+
+def test_bench_group_reports_every_field():
+  g = bench_model.bench_group(['vanilla', 'svd', 'sdpa_gated'], 32, 'float32', batch=4,
+                              rounds=1, warmup=0, peak_n=256, **TINY)
+  assert (g['image_size'], g['patch_size'], g['batch']) == (32, 4, 4)
+  assert g['matmul_peak_flops_per_s'] > 0
+  for v, r in g['variants'].items():
+    assert r['images_per_s'] == pytest.approx(4 / r['step_s'])
+    assert r['flops_per_s'] == pytest.approx(r['flops_per_step'] / r['step_s'])
+    assert r['peak_fraction'] == pytest.approx(r['flops_per_s'] / g['matmul_peak_flops_per_s'])
+    assert r['memory_bytes'] > 0 and r['attention_impl'] == 'xla'
+  rows = g['variants']
+  assert rows['vanilla']['step_over_vanilla'] == 1.0
+  assert rows['svd']['flops_per_step'] > rows['vanilla']['flops_per_step']   # the projections
+  assert rows['sdpa_gated']['params'] == rows['vanilla']['params'] + 2 * 128 * 128
+  json.dumps(g)                                                  # the --out file can hold it
+  bench_model.print_group(g)
+
+
+def test_epoch_mode_counts_whole_batches():
+  e = bench_model.bench_epoch('float32', batch=4, images=10, pool=2, **TINY)
+  assert (e['steps'], e['images']) == (2, 8)
+  assert e['seconds_per_50k'] == pytest.approx(50_000 / e['images_per_s'])
+
+
+def _dots(jaxpr):
+  """Every dot_general, nested jaxprs (jit, custom_vjp) included."""
+  for e in jaxpr.eqns:
+    if e.primitive.name == 'dot_general':
+      yield e
+    for p in e.params.values():
+      sub = getattr(p, 'jaxpr', p)
+      if hasattr(sub, 'eqns'):
+        yield from _dots(sub)
+
+
+def test_mixed_matmul_accumulates_bf16_in_float32_forward_and_backward():
+  x = jax.random.normal(jax.random.key(0), (3, 5, 64))
+  w = jax.random.normal(jax.random.key(1), (64, 32))
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  loss = lambda x, w: (mixed.matmul(x, w).astype(jnp.float32) ** 2).sum()
+  jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(xb, wb)
+  dots = list(_dots(jaxpr.jaxpr))
+  assert len(dots) == 3
+  for e in dots:
+    assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16] * 2
+    assert e.params['preferred_element_type'] == jnp.float32
+  # Same values as float32 math on the bf16-rounded inputs, to float32 rounding.
+  ref = lambda x, w: ((x @ w) ** 2).sum()
+  f32 = lambda a: a.astype(jnp.float32)
+  got = jax.grad(loss, (0, 1))(xb, wb)
+  want = jax.grad(ref, (0, 1))(f32(xb), f32(wb))
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(f32(g), r, rtol=2e-2, atol=2e-2 * float(jnp.abs(r).max()))
+
+
+@pytest.mark.skipif(importlib.util.find_spec('timm') is None, reason='bench extra not installed')
+def test_timm_runner_trains_the_same_shape():
+  """In a fresh interpreter: importing torch's triton after TensorFlow (loaded by other
+  tests through clu) can segfault the process, which a benchmark run never does."""
+  code = """
+import numpy as np
+from vit_jax import bench_timm
+assert bench_timm.runner('svd', 32, 4, 2, 'float32', False) is None
+step = bench_timm.runner('register', 32, 4, 2, 'bfloat16', False)
+first, second = float(step()), float(step())
+assert np.isfinite(first) and first != second
+"""
+  subprocess.run([sys.executable, '-c', code], check=True, timeout=300)

@@ -1,0 +1,283 @@
+r"""Train-step benchmark of the model variants, side by side with timm (`bench model`).
+
+  python -m vit_jax.bench model --shapes 32,224 --dtypes float32,bfloat16 \
+      --variants vanilla,register,sdpa_gated,value_gated,svd,distill --timm \
+      --out results/bench_model.json
+  python -m vit_jax.bench model --mode epoch --dtypes bfloat16 --attention_impl cudnn
+
+`step` mode: per shape and dtype, every variant's real jitted train step
+(`Trainer.jitted_step`, compiled once), the timm models of the same shapes,
+and the matmul peak are timed in interleaved rounds, so a noisy shared
+machine slows all of them alike and the printed ratios stay fair. FLOPs come
+from XLA's cost analysis of the compiled step, memory from the device's
+allocator where it has one, else from the executable's memory analysis.
+
+`epoch` mode: one CIFAR-100-sized epoch (50k images) of DeiT-S/4 with the
+seed-000 recipe's on-device augmentation, on synthetic uint8 batches.
+"""
+import os
+import statistics
+import time
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import config_lib
+from vit_jax import models
+
+VARIANTS = ('vanilla', 'register', 'sdpa_gated', 'value_gated', 'svd', 'distill')
+PATCH = {32: 4, 224: 16}
+
+_MODE = flags.DEFINE_enum('mode', 'step', ['step', 'epoch'], 'What `bench model` times.')
+_SHAPES = flags.DEFINE_list('shapes', ['32', '224'], 'Image sizes: 32 (patch 4), 224 (patch 16).')
+_DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
+_VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'Model variants.')
+_BATCH = flags.DEFINE_integer('batch', 64, 'Batch size at 32x32 (and in epoch mode).')
+_BATCH_224 = flags.DEFINE_integer('batch_224', 0, 'Batch at 224; 0 = 16 on CPU, 256 on GPU.')
+_STEPS = flags.DEFINE_integer('steps', 3, 'Timed rounds (the median is reported).')
+_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed rounds after compilation.')
+_TIMM = flags.DEFINE_boolean('timm', False, 'Also time timm (needs the bench extra).')
+_TIMM_COMPILE = flags.DEFINE_list('timm_compile', ['vanilla'],
+                                  'timm variants also timed under torch.compile.')
+_ATTENTION = flags.DEFINE_enum('attention_impl', '', ['', 'xla', 'cudnn'],
+                               "'' = cudnn for bf16 on a GPU, else xla.")
+_EPOCH_IMAGES = flags.DEFINE_integer('epoch_images', 50_000, 'Images of one epoch (epoch mode).')
+
+
+def on_gpu() -> bool:
+  return jax.devices()[0].platform == 'gpu'
+
+
+def attention_impl(dtype: str) -> str:
+  return _ATTENTION.value or ('cudnn' if on_gpu() and dtype == 'bfloat16' else 'xla')
+
+
+def variant_config(variant: str, image_size: int, dtype: str, batch: int,
+                   attention: str = 'xla', **model_overrides):
+  """DeiT-III ViT-S at the shape, AdamW, no augmentation; each variant changes one thing."""
+  if variant not in VARIANTS:
+    raise ValueError(f'variant {variant!r} is not one of {VARIANTS}')
+  c = config_lib.base()
+  c.batch_size = c.eval_batch_size = batch
+  c.dtype = dtype
+  c.dataset.update(image_size=image_size, num_classes=100)
+  c.model.update(image_size=image_size, patch_size=PATCH[image_size], layerscale_init=1e-4,
+                 pos_embed='patches', attention_impl=attention)
+  if variant == 'register':
+    c.model.num_registers = 4
+  elif variant in ('sdpa_gated', 'value_gated'):
+    c.model.gate = 'g1' if variant == 'sdpa_gated' else 'g2'
+  elif variant == 'svd':   # after every quarter of the blocks: (3, 6, 9, 12) at depth 12
+    depth = model_overrides.get('depth', c.model.depth)
+    c.model.update(svd_tap_layers=tuple(sorted({max(1, depth * i // 4) for i in range(1, 5)})),
+                   svd_rank=32)
+  elif variant == 'distill':
+    c.model.update(distillation=True, pos_embed='all')
+    c.teacher.kind = 'hard'
+    c.teacher.model = config_lib.resnet_teacher_model(quick_variant=False)
+    c.teacher.model.update(image_size=image_size, stem='small' if image_size < 64 else 'imagenet')
+  c.model.update(model_overrides)
+  return c
+
+
+def synthetic_batch(config, n: int, seed: int = 0) -> dict:
+  rng = np.random.default_rng(seed)
+  s = config.dataset.image_size
+  return {'image': rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8),
+          'label': rng.integers(0, config.dataset.num_classes, (n,), dtype=np.int32)}
+
+
+def _first(analysis):
+  return analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+
+
+def compiled_memory_bytes(compiled):
+  """Arguments + outputs + temporaries - donated aliases, from XLA's buffer assignment."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return None
+  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes)
+
+
+def device_peak_bytes():
+  stats = jax.devices()[0].memory_stats()
+  return (stats or {}).get('peak_bytes_in_use')
+
+
+class JaxStep:
+  """The project's jitted train step for one config, compiled once, with its analyses."""
+
+  def __init__(self, config):
+    from vit_jax import train
+    teacher = None
+    if config.teacher.kind != 'none':
+      t_model = models.build_model(config.teacher.model, config.dataset.num_classes)
+      teacher = (t_model, models.init_params(t_model, jax.random.key(1)))
+    self.trainer = train.Trainer(config, teacher=teacher)
+    self.state = self.trainer.setup(steps_per_epoch=100)
+    self.batch = self.trainer.global_batch(synthetic_batch(config, config.batch_size))
+    t0 = time.perf_counter()
+    self.compiled = self.trainer.jitted_step.lower(
+        self.state, self.batch, self.trainer.teacher_params).compile()
+    self.compile_s = time.perf_counter() - t0
+    self.flops = float(_first(self.compiled.cost_analysis())['flops'])
+    self.memory_bytes = compiled_memory_bytes(self.compiled)
+    self.params = models.count_params(self.state.params)
+
+  def __call__(self):
+    self.state, m = self.compiled(self.state, self.batch, self.trainer.teacher_params)
+    jax.block_until_ready(m['loss'])
+
+
+def matmul_peaks(n: int):
+  """Runners for an n^3 matmul: float32, and bf16 inputs accumulating in float32."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  ab = a.astype(jnp.bfloat16)
+  f32 = jax.jit(lambda x: x @ x)
+  mixed = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
+  return {'float32': lambda: f32(a).block_until_ready(),
+          'bfloat16': lambda: mixed(ab).block_until_ready()}, 2.0 * n**3
+
+
+def interleaved_medians(runners: dict, rounds: int, warmup: int) -> dict:
+  """Median seconds per call of each runner, timed round-robin."""
+  times = {k: [] for k in runners}
+  for r in range(warmup + rounds):
+    for name, fn in runners.items():
+      t0 = time.perf_counter()
+      fn()
+      if r >= warmup:
+        times[name].append(time.perf_counter() - t0)
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _timm_runners(variants, image_size, batch, dtype, compile_list):
+  from vit_jax import bench_timm
+  runners, notes = {}, {}
+  for v in variants:
+    modes = ['eager'] + (['compiled'] if v in compile_list else [])
+    for mode in modes:
+      fn = bench_timm.runner(v, image_size, PATCH[image_size], batch, dtype, mode == 'compiled')
+      if fn is None:
+        notes[v] = 'no timm equivalent'
+        break
+      try:
+        secs = bench_timm.compile_seconds(fn)
+      except Exception as e:  # torch.compile can fail on a CPU without a working C++ toolchain
+        notes[f'{v}/{mode}'] = f'failed: {type(e).__name__}: {str(e)[:200]}'
+        continue
+      if mode == 'compiled':
+        notes[f'{v}/compiled'] = f'first call {secs:.0f} s'
+      runners[f'timm/{v}/{mode}'] = fn
+  return runners, notes
+
+
+def bench_group(variants, image_size: int, dtype: str, batch: int, rounds: int, warmup: int,
+                timm: bool = False, timm_compile=(), peak_n: int = 0, **model_overrides) -> dict:
+  """Every variant (and timm, and the matmul peak) at one shape and dtype, interleaved."""
+  jax_steps = {v: JaxStep(variant_config(v, image_size, dtype, batch, attention_impl(dtype),
+                                         **model_overrides)) for v in variants}
+  peaks, peak_flops = matmul_peaks(peak_n or (8192 if on_gpu() else 2048))
+  runners = {f'jax/{v}': s for v, s in jax_steps.items()}
+  runners['peak'] = peaks[dtype]
+  notes = {}
+  if timm:
+    timm_runners, notes = _timm_runners(variants, image_size, batch, dtype, timm_compile)
+    runners.update(timm_runners)
+  secs = interleaved_medians(runners, rounds, warmup)
+  peak = peak_flops / secs['peak']
+  rows = {}
+  for v, s in jax_steps.items():
+    t = secs[f'jax/{v}']
+    row = {'images_per_s': batch / t, 'step_s': t, 'flops_per_step': s.flops,
+           'flops_per_s': s.flops / t, 'peak_fraction': s.flops / t / peak,
+           'memory_bytes': device_peak_bytes() or s.memory_bytes, 'params': s.params,
+           'compile_s': s.compile_s, 'attention_impl': attention_impl(dtype)}
+    for mode in ('eager', 'compiled'):
+      key = f'timm/{v}/{mode}'
+      if key in secs:
+        row[f'timm_{mode}_images_per_s'] = batch / secs[key]
+        row[f'jax_over_timm_{mode}'] = secs[key] / t
+    row['timm_note'] = {k: n for k, n in notes.items() if k.split('/')[0] == v}
+    rows[v] = row
+  base = rows.get('vanilla')
+  if base:
+    for row in rows.values():
+      row['step_over_vanilla'] = row['step_s'] / base['step_s']
+  return {'image_size': image_size, 'patch_size': PATCH[image_size], 'dtype': dtype,
+          'batch': batch, 'matmul_peak_flops_per_s': peak, 'variants': rows}
+
+
+def print_group(g: dict) -> None:
+  print(f"\n== {g['image_size']}x{g['image_size']}/{g['patch_size']} {g['dtype']} batch "
+        f"{g['batch']}: matmul peak {g['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s "
+        f"(measured in the same rounds)", flush=True)
+  for v, r in g['variants'].items():
+    mem = f"{r['memory_bytes'] / 2**30:.2f} GiB" if r['memory_bytes'] else 'n/a'
+    line = (f"  {v:12s} {r['images_per_s']:8.1f} img/s  {r['flops_per_step'] / 1e9:7.0f} "
+            f"GFLOP/step  {r['flops_per_s'] / 1e9:6.0f} GFLOP/s = {r['peak_fraction']:.2f} of "
+            f"peak  mem {mem}  x{r.get('step_over_vanilla', 1):.2f} vanilla step")
+    for mode in ('eager', 'compiled'):
+      if f'timm_{mode}_images_per_s' in r:
+        line += (f" | timm {mode} {r[f'timm_{mode}_images_per_s']:.1f} img/s, jax/timm "
+                 f"{r[f'jax_over_timm_{mode}']:.2f}x")
+    for k, note in r['timm_note'].items():
+      line += f' | timm {k}: {note}'
+    print(line, flush=True)
+
+
+def bench_epoch(dtype: str, batch: int, images: int, attention: str = 'xla',
+                pool: int = 4, **model_overrides) -> dict:
+  """Seconds of one `images`-sized epoch of DeiT-S/4 (seed 000 recipe, on-device augmentation)."""
+  from vit_jax import train
+  c = config_lib.deit_small_cifar100(config_lib.base())
+  c.batch_size = c.eval_batch_size = batch
+  c.dtype = dtype
+  c.model.update(attention_impl=attention, **model_overrides)
+  trainer = train.Trainer(c)
+  steps = images // batch
+  state = trainer.setup(steps_per_epoch=steps)
+  batches = [trainer.global_batch(synthetic_batch(c, batch, seed=i)) for i in range(pool)]
+  state, m = trainer.train_step(state, batches[0])     # compile
+  jax.block_until_ready(m['loss'])
+  t0 = time.perf_counter()
+  for i in range(steps):
+    state, m = trainer.train_step(state, batches[i % pool])
+  jax.block_until_ready(m['loss'])
+  secs = time.perf_counter() - t0
+  return {'dtype': dtype, 'batch': batch, 'steps': steps, 'images': steps * batch,
+          'attention_impl': attention, 'seconds': secs, 'images_per_s': steps * batch / secs,
+          'seconds_per_50k': 50_000 / (steps * batch / secs)}
+
+
+def run(save=lambda results: None) -> dict:
+  """Runs the flagged benchmark, prints it, and returns the numbers (`save`d after each group)."""
+  results = {'device': str(jax.devices()[0].device_kind), 'platform': jax.devices()[0].platform,
+             'cpu_count': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+             'jax': jax.__version__}
+  if _TIMM.value:
+    import timm
+    import torch
+    results.update(torch=torch.__version__, timm=timm.__version__)
+  if _MODE.value == 'epoch':
+    results['epochs'] = []
+    for dtype in _DTYPES.value:
+      e = bench_epoch(dtype, _BATCH.value, _EPOCH_IMAGES.value, attention_impl(dtype))
+      results['epochs'].append(e)
+      print(f"epoch: DeiT-S/4 {dtype} batch {e['batch']}, {e['images']} images with on-device "
+            f"augmentation: {e['seconds']:.1f} s = {e['images_per_s']:.0f} img/s "
+            f"({e['seconds_per_50k']:.1f} s per 50k images)", flush=True)
+    return results
+  results['groups'] = []
+  for shape in (int(s) for s in _SHAPES.value):
+    batch = _BATCH.value if shape == 32 else (_BATCH_224.value or (256 if on_gpu() else 16))
+    for dtype in _DTYPES.value:
+      g = bench_group(_VARIANTS.value, shape, dtype, batch, _STEPS.value, _WARMUP.value,
+                      _TIMM.value, _TIMM_COMPILE.value)
+      results['groups'].append(g)
+      print_group(g)
+      save(results)
+  return results
