@@ -241,3 +241,14 @@ def test_scoreboard_reads_metrics_and_analysis(tmp_path):
   table = scoreboard.markdown([ra, rb])
   assert '| gated | 40.00% | 1 | 2 | 1,234 | 50 | 0.0000 | 0.116 | 0.600 | 0.250 |' in table
   assert '| gated | 40.00% | 1,234 | +10.00 points |' in table and '| 0.50 |' in table
+
+
+def test_scoreboard_cli_writes_markdown_and_json(tmp_path, capsys):
+  a = _fake_workdir(tmp_path, 'base', [10.0, 30.0], [0.0, 0.1], 100.0)
+  out = str(tmp_path / 'board' / 'scores.md')
+  scoreboard.main(['--out', out, a])
+  assert '| base | 30.00% | 2 | 2 |' in open(out).read()
+  assert json.load(open(str(tmp_path / 'board' / 'scores.json')))[0]['best_epoch'] == 2
+  assert '| base | 30.00% |' in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="error: workdir '.*nope' does not exist"):
+    scoreboard.main([a, str(tmp_path / 'nope')])

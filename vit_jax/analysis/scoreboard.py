@@ -9,18 +9,14 @@ been analysed (config.trainer=analyze), gate mean and sparsity and the
 attention-sink share of the last block. Writes the markdown table to --out
 and the same numbers as JSON beside it.
 """
+import argparse
 import json
 import math
 import os
 import sys
 
-from absl import app
-from absl import flags
-
 from vit_jax import checkpoint
 from vit_jax import metrics_io
-
-_OUT = flags.DEFINE_string('out', '', 'Markdown file to write (and .json beside it).')
 
 
 def _param_count(workdir: str) -> int:
@@ -81,26 +77,28 @@ def markdown(rows: list[dict]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def main(argv):
-  workdirs = argv[1:]
-  if not workdirs:
-    sys.exit('error: give one or more training workdirs after the flags')
-  missing = [w for w in workdirs if not os.path.isdir(w)]
+def main(argv=None):
+  # argparse, not absl flags: this module is imported beside other flag owners.
+  parser = argparse.ArgumentParser(prog='python -m vit_jax.analysis.scoreboard')
+  parser.add_argument('--out', default='', help='markdown file to write (and .json beside it)')
+  parser.add_argument('workdirs', nargs='+', help='training workdirs; the first is the baseline')
+  args = parser.parse_args(argv)
+  missing = [w for w in args.workdirs if not os.path.isdir(w)]
   if missing:
     sys.exit(f'error: workdir {missing[0]!r} does not exist')
   try:
-    rows = [row(w) for w in workdirs]
+    rows = [row(w) for w in args.workdirs]
   except FileNotFoundError as e:
     sys.exit(f'error: {e}')
   table = markdown(rows)
   print(table)
-  if _OUT.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value, 'w') as f:
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
       f.write(table)
-    with open(os.path.splitext(_OUT.value)[0] + '.json', 'w') as f:
+    with open(os.path.splitext(args.out)[0] + '.json', 'w') as f:
       json.dump(rows, f, indent=1)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()
