@@ -38,7 +38,7 @@ def test_quick_config_learns_and_writes_workdir(tmp_path):
   assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
   assert json.load(open(os.path.join(workdir, 'config.json')))['model']['width'] == 64
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
-  kept = {int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))}
+  kept = {int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()}
   best = max(rows, key=lambda r: float(r['val_acc1']))['val_acc1']
   best_kept = [e for e in kept if rows[e - 1]['val_acc1'] == best]
   assert 12 in kept and 10 in kept and best_kept   # latest, every 10th, the best val_acc1

@@ -62,8 +62,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
   try:
-    distributed.check(config.distributed)
-    distributed.initialize(config.distributed)   # before any other JAX call
+    if 'distributed' in config:   # the GPT-2 study's config has none: it runs in one process
+      distributed.check(config.distributed)
+      distributed.initialize(config.distributed)   # before any other JAX call
     preflight.check(config, FLAGS.workdir)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
