@@ -52,6 +52,19 @@ def test_bench_group_reports_every_field():
   bench_model.print_group(g)
 
 
+def test_matmul_peak_runners_are_compiled_ahead_and_count_every_repeat():
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, secs, **kw: compiles.append(event) if 'backend_compile' in event else None)
+  runners, flops = bench_model.matmul_peaks(96, repeats=2)
+  assert flops == 2 * 2 * 96**3
+  assert len(compiles) >= 2                  # both were compiled while being built ...
+  del compiles[:]
+  runners['float32']()
+  runners['bfloat16']()
+  assert compiles == []                      # ... so a timed call never compiles
+
+
 def test_epoch_mode_counts_whole_batches():
   e = bench_model.bench_epoch('float32', batch=4, images=10, pool=2, **TINY)
   assert (e['steps'], e['images']) == (2, 8)

@@ -132,14 +132,27 @@ class JaxStep:
     jax.block_until_ready(m['loss'])
 
 
-def matmul_peaks(n: int):
-  """Runners for an n^3 matmul: float32, and bf16 inputs accumulating in float32."""
+def matmul_peaks(n: int, repeats: int = 3):
+  """Runners for `repeats` n^3 matmuls: float32, and bf16 inputs accumulating in float32.
+
+  Both are compiled and run once here, so no round times a compilation; the
+  returned FLOP count is that of one runner call.
+  """
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   ab = a.astype(jnp.bfloat16)
   f32 = jax.jit(lambda x: x @ x)
   mixed = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
-  return {'float32': lambda: f32(a).block_until_ready(),
-          'bfloat16': lambda: mixed(ab).block_until_ready()}, 2.0 * n**3
+
+  def runner(fn, x):
+    def run():
+      for _ in range(repeats):
+        fn(x).block_until_ready()
+    return run
+
+  runners = {'float32': runner(f32, a), 'bfloat16': runner(mixed, ab)}
+  for fn, x in ((f32, a), (mixed, ab)):
+    fn(x).block_until_ready()
+  return runners, repeats * 2.0 * n**3
 
 
 def interleaved_medians(runners: dict, rounds: int, warmup: int) -> dict:
