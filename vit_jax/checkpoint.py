@@ -135,6 +135,19 @@ def saved_param_shapes(step_dir: str) -> dict:
   return {_path(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def saved_steps(folder: str) -> list[int]:
+  """Ascending steps of the checkpoints in `folder` (orbax names each by its step)."""
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(d) for d in os.listdir(folder)
+                if d.isdigit() and os.path.isdir(os.path.join(folder, d, 'state')))
+
+
+def param_mismatch(step_dir: str, abstract_params) -> str | None:
+  """shape_mismatch between the params saved in `step_dir` and those a model expects."""
+  return shape_mismatch(saved_param_shapes(step_dir), param_shapes(abstract_params))
+
+
 def param_shapes(params) -> dict:
   return {_path(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(params)}
 

@@ -108,15 +108,13 @@ def check_resume(config, workdir: str, model) -> None:
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   candidates = []
   for folder in (os.path.join(ckpt_dir, checkpoint.PREEMPTED), ckpt_dir):
-    steps = [int(d) for d in os.listdir(folder) if d.isdigit()] if os.path.isdir(folder) else []
-    candidates += [(folder, s) for s in sorted(steps, reverse=True)]
-  expected = checkpoint.param_shapes(models.abstract_params(model))
+    candidates += [(folder, s) for s in reversed(checkpoint.saved_steps(folder))]
+  expected = models.abstract_params(model)
   for folder, step in candidates:
     try:
-      saved = checkpoint.saved_param_shapes(os.path.join(folder, str(step)))
+      mismatch = checkpoint.param_mismatch(os.path.join(folder, str(step)), expected)
     except Exception:  # unreadable: the restore warns and falls back past it
       continue
-    mismatch = checkpoint.shape_mismatch(saved, expected)
     if mismatch:
       raise ValueError(f'workdir {workdir!r} holds a checkpoint of a different model '
                        f'({os.path.relpath(folder, workdir)} step {step}): {mismatch}; '

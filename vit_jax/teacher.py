@@ -35,8 +35,7 @@ def check(teacher_cfg, num_classes: int) -> str:
   """Fail in one line if the checkpoint is missing or does not fit teacher.model."""
   step_dir = resolve_step_dir(teacher_cfg.checkpoint)
   _, abstract = build(teacher_cfg, num_classes)
-  mismatch = checkpoint.shape_mismatch(checkpoint.saved_param_shapes(step_dir),
-                                       checkpoint.param_shapes(abstract))
+  mismatch = checkpoint.param_mismatch(step_dir, abstract)
   if mismatch:
     raise ValueError(f'teacher.checkpoint={step_dir!r} does not match teacher.model: {mismatch}')
   return step_dir

@@ -1,7 +1,23 @@
 """Per-token L2 norms and the outlier rule used for high-norm artifacts."""
+import jax.numpy as jnp
 import numpy as np
 
 OUTLIER_RULES = ('relative', 'absolute')
+
+
+def patch_token_norms(out: dict) -> dict:
+  """L2 norms of the patch tokens of a model's `out` dict (from capture=True).
+
+  'output' (B, N) is after the final LayerNorm (what Darcet et al. measure);
+  'layers' (L, B, N) is the residual stream after each block, for ViTs only
+  (a ResNet has no blocks). Patches are the last N tokens of every block.
+  """
+  n = out['patch_tokens'].shape[1]
+  norms = {'output': jnp.linalg.norm(out['patch_tokens'].astype(jnp.float32), axis=-1)}
+  if out.get('blocks'):
+    norms['layers'] = jnp.stack([jnp.linalg.norm(b[:, -n:].astype(jnp.float32), axis=-1)
+                                 for b in out['blocks']])
+  return norms
 
 
 def outlier_mask(norms: np.ndarray, rule: str, factor: float, threshold: float) -> np.ndarray:

@@ -124,18 +124,9 @@ def eval_step(params, batch, *, model, config):
 
 
 def probe_norms(params, images, *, model, config):
-  """L2 norms of the probe images' patch tokens: {'output': (B, N), 'layers': (L, B, N)}.
-
-  'output' is after the final LayerNorm (what Darcet et al. measure); 'layers'
-  is the residual stream after each block (ViTs only; a ResNet has no blocks).
-  """
+  """token_norms.patch_token_norms of the probe images: {'output': (B, N), 'layers': (L, B, N)}."""
   _, out = model.apply({'params': params}, normalize(images, config.dataset), capture=True)
-  n = out['patch_tokens'].shape[1]
-  norms = {'output': jnp.linalg.norm(out['patch_tokens'].astype(jnp.float32), axis=-1)}
-  if out.get('blocks'):  # patches are the last n tokens of every block's output
-    norms['layers'] = jnp.stack([jnp.linalg.norm(b[:, -n:].astype(jnp.float32), axis=-1)
-                                 for b in out['blocks']])
-  return norms
+  return token_norms.patch_token_norms(out)
 
 
 class Trainer:

@@ -18,6 +18,7 @@ import numpy as np
 from vit_jax import checkpoint
 from vit_jax import metrics_io
 from vit_jax import models
+from vit_jax import token_norms
 from vit_jax.analysis import plots
 from vit_jax.analysis import stats
 from vit_jax.data import augment
@@ -25,17 +26,9 @@ from vit_jax.data import pipeline
 from vit_jax.data import sources
 
 
-def saved_epochs(workdir: str) -> list[int]:
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(ckpt_dir):
-    return []
-  return sorted(int(d) for d in os.listdir(ckpt_dir)
-                if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d, 'state')))
-
-
 def select_epoch(workdir: str, spec: str) -> int:
   """'latest', 'best' (highest val_acc1 in metrics.csv among saved epochs) or an epoch number."""
-  epochs = saved_epochs(workdir)
+  epochs = checkpoint.saved_steps(os.path.join(workdir, 'checkpoints'))
   if not epochs:
     raise FileNotFoundError(f'workdir {workdir!r} has no checkpoint in checkpoints/; '
                             f'train it first (config.trainer=train)')
@@ -64,8 +57,7 @@ def check(config, workdir: str) -> int:
   epoch = select_epoch(workdir, config.analysis.checkpoint)
   model = models.build_model(config.model, config.dataset.num_classes, 'float32')
   step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
-  mismatch = checkpoint.shape_mismatch(checkpoint.saved_param_shapes(step_dir),
-                                       checkpoint.param_shapes(models.abstract_params(model)))
+  mismatch = checkpoint.param_mismatch(step_dir, models.abstract_params(model))
   if mismatch:
     raise ValueError(f'checkpoint {step_dir!r} was made with another model than this config: '
                      f'{mismatch}')
@@ -89,11 +81,15 @@ def outlier_line(norms: np.ndarray, probe_cfg) -> float:
 
 
 def capture(config, params, images: np.ndarray) -> dict:
-  """One deterministic forward pass returning every intermediate, as numpy."""
+  """One deterministic forward pass returning every intermediate, and under 'norms' the
+  patch-token norms that training records for the probe images, as numpy."""
   model = models.build_model(config.model, config.dataset.num_classes, 'float32')
-  fwd = jax.jit(lambda p, x: model.apply({'params': p}, augment.normalize(x, config.dataset),
-                                         capture=True)[1])
-  return jax.device_get(fwd(params, images))
+
+  def fwd(p, x):
+    _, out = model.apply({'params': p}, augment.normalize(x, config.dataset), capture=True)
+    return {**out, 'norms': token_norms.patch_token_norms(out)}
+
+  return jax.device_get(jax.jit(fwd)(params, images))
 
 
 def load_params(config, step_dir: str):
@@ -117,10 +113,7 @@ def summarize(config, workdir: str, epoch: int) -> tuple[dict, dict]:
   images = probe_images(config)
   out = capture(config, params, images)
   lay = stats.layout(config.model)
-  n = lay.num_patches
-  layer_norms = np.stack([np.linalg.norm(b[:, -n:].astype(np.float64), axis=-1)
-                          for b in out['blocks']])
-  output_norms = np.linalg.norm(out['patch_tokens'].astype(np.float64), axis=-1)
+  layer_norms, output_norms = out['norms']['layers'], out['norms']['output']
   attn = [np.asarray(a) for a in out['attn']]
   attn_rows = stats.attention_stats(attn, lay)
   act_rows = stats.activation_stats(out['blocks'])

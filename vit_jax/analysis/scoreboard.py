@@ -21,7 +21,7 @@ from vit_jax import metrics_io
 
 def _param_count(workdir: str) -> int:
   ckpt = os.path.join(workdir, 'checkpoints')
-  steps = sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()) if os.path.isdir(ckpt) else []
+  steps = checkpoint.saved_steps(ckpt)
   if not steps:
     return 0
   shapes = checkpoint.saved_param_shapes(os.path.join(ckpt, str(steps[-1])))
