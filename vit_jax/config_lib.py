@@ -63,7 +63,7 @@ def base() -> ml_collections.ConfigDict:
       qkv_bias=True, layerscale_init=0.0, drop_path_rate=0.0, dropout_rate=0.0,
       attention_dropout_rate=0.0, num_registers=0, pos_embed='all', distillation=False,
       gate='none', svd_tap_layers=(), svd_rank=32, head='linear', head_dropout_rate=0.0,
-      layer_norm_eps=1e-6,
+      layer_norm_eps=1e-6, init_scheme='deit',
       attention_impl='xla'))        # 'cudnn': fused attention on a GPU (bf16)
 
   c.optim = ml_collections.ConfigDict(dict(

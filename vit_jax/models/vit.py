@@ -23,8 +23,40 @@ GATES = ('none', 'g1', 'g2')
 POS_EMBEDS = ('patches', 'all')
 HEADS = ('linear', 'mlp')
 ATTENTION_IMPLS = ('xla', 'cudnn')  # jax.nn.dot_product_attention's; cudnn needs a GPU
+INITS = ('deit', 'seed000')
 
-_dense_init = nn.initializers.truncated_normal(0.02)
+# torch's trunc_normal_(std=0.02) cuts at +-2 absolute, i.e. +-100 standard
+# deviations: in effect a normal of std 0.02 (Flax's default cut, +-2 std,
+# would give std 0.0176). DeiT, DeiT-III and seed 000 initialise every Linear so.
+_dense_init = nn.initializers.truncated_normal(0.02, lower=-100.0, upper=100.0)
+
+
+def _uniform(bound: float):
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def initializers(name: str, patch_fan_in: int) -> dict:
+  """Initialisers of the parameters whose init differs between the sources.
+
+  'deit': the DeiT / DeiT-III code: cls, dist and position embeddings
+  trunc_normal(0.02); registers normal(1e-6) (Darcet et al.'s code, as timm);
+  the patch-embedding conv keeps torch's default (kaiming_uniform(a=sqrt(5)):
+  U(+-1/sqrt(fan_in)), bias too). 'seed000': seed 000's _init_weights: the conv
+  kaiming_normal(fan_out) with zero bias, cls and position embeddings
+  randn * 0.02, and nn.MultiheadAttention's in_proj (our qkv) xavier_uniform with
+  zero bias, which the seed's loop over nn.Linear never reaches.
+  """
+  if name not in INITS:
+    raise ValueError(f'model.init_scheme={name!r} is not one of {INITS}')
+  if name == 'deit':
+    bound = 1.0 / patch_fan_in ** 0.5
+    return dict(conv=nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
+                conv_bias=_uniform(bound), token=_dense_init,
+                register=nn.initializers.normal(1e-6), qkv=_dense_init)
+  return dict(conv=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+              conv_bias=nn.initializers.zeros, token=nn.initializers.normal(0.02),
+              register=nn.initializers.normal(0.02),
+              qkv=nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'))
 _gelu = lambda x: nn.gelu(x, approximate=False)  # exact (erf) GELU, as torch
 
 
@@ -68,13 +100,14 @@ class Attention(nn.Module):
   attention_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   attention_impl: str = 'xla'
+  qkv_init: Any = _dense_init
 
   @nn.compact
   def __call__(self, x, deterministic: bool, capture: bool):
     b, t, width = x.shape
     h = self.num_heads
     d = width // h
-    qkv = mixed.Dense(3 * width, use_bias=self.qkv_bias, kernel_init=_dense_init,
+    qkv = mixed.Dense(3 * width, use_bias=self.qkv_bias, kernel_init=self.qkv_init,
                       dtype=self.dtype, name='qkv')(x)
     q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, h, d), 2, 0)  # each (B, T, H, D)
     aux = {}
@@ -129,6 +162,7 @@ class Block(nn.Module):
   layer_norm_eps: float
   dtype: Any
   attention_impl: str = 'xla'
+  qkv_init: Any = _dense_init
 
   def _branch(self, y, name, deterministic):
     y = nn.Dropout(self.dropout_rate)(y, deterministic)
@@ -141,7 +175,7 @@ class Block(nn.Module):
     norm = lambda name: nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name=name)
     y, aux = Attention(self.num_heads, self.qkv_bias, self.gate,
                        self.attention_dropout_rate, self.dtype, self.attention_impl,
-                       name='attn')(
+                       self.qkv_init, name='attn')(
                            norm('norm1')(x), deterministic, capture)
     x = x + self._branch(y, 'attn', deterministic)
     y = Mlp(int(x.shape[-1] * self.mlp_ratio), self.dropout_rate, self.dtype,
@@ -191,12 +225,14 @@ class ViT(nn.Module):
   head_dropout_rate: float = 0.0
   layer_norm_eps: float = 1e-6
   attention_impl: str = 'xla'
+  init_scheme: str = 'deit'          # see initializers()
   dtype: Any = jnp.float32
 
   def _check(self):
     for name, value, allowed in (('gate', self.gate, GATES),
                                  ('pos_embed', self.pos_embed, POS_EMBEDS),
                                  ('head', self.head, HEADS),
+                                 ('init_scheme', self.init_scheme, INITS),
                                  ('attention_impl', self.attention_impl, ATTENTION_IMPLS)):
       if value not in allowed:
         raise ValueError(f'model.{name}={value!r} is not one of {allowed}')
@@ -212,32 +248,32 @@ class ViT(nn.Module):
     if bad:
       raise ValueError(f'model.svd_tap_layers has {bad}; layers are 1..{self.depth}')
 
-  def _token(self, name, n, std=0.02):
-    return self.param(name, nn.initializers.truncated_normal(std), (1, n, self.width))
-
   @nn.compact
   def __call__(self, images, *, train: bool = False, capture: bool = False):
     self._check()
     deterministic = not train
     b = images.shape[0]
+    inits = initializers(self.init_scheme, images.shape[-1] * self.patch_size**2)
+    token = lambda name, n, kind='token': self.param(name, inits[kind], (1, n, self.width))
     x = nn.Conv(self.width, (self.patch_size,) * 2, strides=(self.patch_size,) * 2,
-                padding='VALID', dtype=self.dtype, name='patch_embed')(images.astype(self.dtype))
+                padding='VALID', kernel_init=inits['conv'], bias_init=inits['conv_bias'],
+                dtype=self.dtype, name='patch_embed')(images.astype(self.dtype))
     x = x.reshape(b, -1, self.width)
     n_patches = x.shape[1]
 
-    special = [self._token('cls', 1)]
+    special = [token('cls', 1)]
     if self.distillation:
-      special.append(self._token('dist', 1))
+      special.append(token('dist', 1))
     n_special = len(special)
     special = [jnp.broadcast_to(t, (b, 1, self.width)).astype(x.dtype) for t in special]
     if self.pos_embed == 'patches':
-      x = x + self._token('pos_embedding', n_patches).astype(x.dtype)
+      x = x + token('pos_embedding', n_patches).astype(x.dtype)
       x = jnp.concatenate(special + [x], axis=1)
     else:
       x = jnp.concatenate(special + [x], axis=1)
-      x = x + self._token('pos_embedding', n_special + n_patches).astype(x.dtype)
+      x = x + token('pos_embedding', n_special + n_patches).astype(x.dtype)
     if self.num_registers:
-      reg = jnp.broadcast_to(self._token('registers', self.num_registers),
+      reg = jnp.broadcast_to(token('registers', self.num_registers, 'register'),
                              (b, self.num_registers, self.width)).astype(x.dtype)
       x = jnp.concatenate([x[:, :n_special], reg, x[:, n_special:]], axis=1)
     x = nn.Dropout(self.dropout_rate)(x, deterministic)
@@ -249,7 +285,7 @@ class ViT(nn.Module):
       x, aux = Block(self.num_heads, self.mlp_ratio, self.qkv_bias, self.gate,
                      self.layerscale_init, rate, self.dropout_rate,
                      self.attention_dropout_rate, self.layer_norm_eps, self.dtype,
-                     self.attention_impl, name=f'block_{i}')(x, deterministic, capture)
+                     self.attention_impl, inits['qkv'], name=f'block_{i}')(x, deterministic, capture)
       if capture:
         out['blocks'].append(x)
         out['attn'].append(aux['attn'])

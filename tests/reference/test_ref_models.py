@@ -1,0 +1,261 @@
+"""The ViT family against timm's VisionTransformer / VisionTransformerDistilled and a torch
+transcription of seed 000's model, on identical weights (converted by
+vit_jax.models.convert) and images. Logits within 1e-5 (1e-4 with SVD taps: float32
+eigh of nearly degenerate Gram matrices)."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from timm.layers import Attention
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer
+
+from vit_jax.models import convert
+from vit_jax.models import vit
+from refutil import images as _images, mean_peak, randomize_
+
+SHAPE = dict(image_size=32, patch_size=8, width=48, depth=3, num_heads=4, mlp_ratio=2.0)
+TIMM_SHAPE = dict(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=4, mlp_ratio=2.0,
+                  num_classes=7)
+LOGITS_ATOL = 1e-5
+
+
+@pytest.fixture
+def images():
+  return _images()
+
+
+class G1Attention(Attention):
+  """timm's own gated Attention: sigmoid(x W_g) on the SDPA output, before the projection."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, gated=True, **kwargs)
+
+
+class G2Attention(Attention):
+  """G2 (no timm counterpart; written here): sigmoid(x W_g) multiplies the values."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, gated=True, **kwargs)
+
+  def forward(self, x, attn_mask=None, is_causal=False):
+    b, n, _ = x.shape
+    gate = self.gate(x).sigmoid().reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+    q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    attn = (q @ k.transpose(-2, -1) * self.scale).softmax(-1)
+    x = (attn @ (v * gate)).transpose(1, 2).reshape(b, n, self.attn_dim)
+    return self.proj(x)
+
+
+def _nchw(images):
+  return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+def _compare(torch_model, model, images, layout='timm', atol=LOGITS_ATOL, drop=()):
+  torch_model.eval()
+  state = {k: v for k, v in torch_model.state_dict().items() if k not in drop}
+  params = convert.from_torch(state, model, layout)
+  with torch.no_grad():
+    want = torch_model(_nchw(images)).numpy()
+  got, out = model.apply({'params': params}, jnp.asarray(images), capture=True)
+  chex.assert_shape(got, want.shape)
+  # Peaked attention (uniform would be 1/T), so a mistake in q/k/v cannot hide.
+  tokens = out['attn'][0].shape[-1]
+  assert mean_peak(out['attn']) > 4.0 / tokens
+  np.testing.assert_allclose(np.asarray(got), want, atol=atol, rtol=0)
+  return params
+
+
+@pytest.mark.parametrize('registers', [0, 4])
+def test_deit3_vanilla_and_registers_match_timm(images, registers):
+  ref = VisionTransformer(**TIMM_SHAPE, init_values=1e-4, no_embed_class=True,
+                          reg_tokens=registers)
+  randomize_(ref, seed=registers)
+  model = vit.ViT(num_classes=7, **SHAPE, layerscale_init=1e-4, pos_embed='patches',
+                  num_registers=registers)
+  _compare(ref, model, images)
+
+
+@pytest.mark.parametrize('gate,attn_layer', [('g1', G1Attention), ('g2', G2Attention)])
+def test_gated_attention_matches_timm(images, gate, attn_layer):
+  ref = VisionTransformer(**TIMM_SHAPE, init_values=1e-4, no_embed_class=True,
+                          attn_layer=attn_layer)
+  randomize_(ref, seed=3)
+  with torch.no_grad():   # our gate has no bias (Qiu et al.); timm's has one when qkv_bias
+    for block in ref.blocks:
+      block.attn.gate.bias.zero_()
+  model = vit.ViT(num_classes=7, **SHAPE, layerscale_init=1e-4, pos_embed='patches', gate=gate)
+  drop = [f'blocks.{i}.attn.gate.bias' for i in range(3)]
+  _compare(ref, model, images, drop=drop)
+
+
+def test_distilled_deit_matches_timm(images):
+  ref = VisionTransformerDistilled(**TIMM_SHAPE)
+  randomize_(ref, seed=4)
+  model = vit.ViT(num_classes=7, **SHAPE, layerscale_init=0.0, pos_embed='all',
+                  distillation=True)
+  _compare(ref, model, images)
+
+
+def test_comparison_detects_a_qk_swap(images):
+  """The deliberate mistake: with q and k of one block swapped, the logits move far."""
+  ref = VisionTransformer(**TIMM_SHAPE, init_values=1e-4, no_embed_class=True).eval()
+  randomize_(ref, seed=5)
+  model = vit.ViT(num_classes=7, **SHAPE, layerscale_init=1e-4, pos_embed='patches')
+  params = _compare(ref, model, images)
+  kernel = params['block_1']['attn']['qkv']['kernel']
+  q, k, v = np.split(kernel, 3, axis=1)
+  params['block_1']['attn']['qkv']['kernel'] = np.concatenate([k, q, v], 1)
+  bias = params['block_1']['attn']['qkv']['bias']
+  q, k, v = np.split(bias, 3)
+  params['block_1']['attn']['qkv']['bias'] = np.concatenate([k, q, v])
+  with torch.no_grad():
+    want = ref(_nchw(images)).numpy()
+  got = model.apply({'params': params}, jnp.asarray(images))[0]
+  assert np.abs(np.asarray(got) - want).max() > 100 * LOGITS_ATOL
+
+
+# --- seed 000 -------------------------------------------------------------------
+
+def gram_eigh_svd(h):
+  """Singular values (descending) and Vh of h (B, N, k) from eigh of h^T h; each row of Vh
+  is signed so its diagonal entry is >= 0 (the project's convention: eigh's signs are
+  arbitrary, and the features include Vh's diagonal)."""
+  evals, evecs = torch.linalg.eigh(h.transpose(1, 2) @ h)
+  s = evals.flip(-1).clamp(min=0).sqrt()
+  vh = evecs.flip(-1).transpose(1, 2)
+  sign = torch.where(torch.diagonal(vh, dim1=-2, dim2=-1) < 0, -1.0, 1.0)
+  return s, vh * sign[..., :, None]
+
+
+def svd_features(s, vh):
+  """Seed 000's per-tap summary: S / sum S, diag Vh, off-diagonal mass, spectral entropy."""
+  s = s.clamp(min=1e-6)
+  s_norm = s / (s.sum(-1, keepdim=True) + 1e-8)
+  diag = torch.diagonal(vh, dim1=-2, dim2=-1)
+  off = (vh.pow(2).sum((-2, -1)) - diag.pow(2).sum(-1)).unsqueeze(-1).clamp(min=0)
+  ent = -(s_norm * torch.log(s_norm.clamp(min=1e-8))).sum(-1, keepdim=True)
+  out = torch.cat([s_norm, diag, off, ent], -1)
+  return torch.where(torch.isfinite(out), out, torch.zeros_like(out))
+
+
+class Seed000(nn.Module):
+  """Seed 000's DeiT-Small (+ SVD taps), written here from its description: conv patch
+  embedding, cls + position embeddings, torch's pre-norm TransformerEncoderLayer (GELU,
+  eps 1e-5), final LayerNorm, MLP head on [cls, tap features]. It also builds the
+  never-called patch_norm, as the seed does."""
+
+  def __init__(self, num_classes, image_size, patch, width, depth, heads, mlp_ratio,
+               taps=(), rank=4):
+    super().__init__()
+    self.taps, n = taps, (image_size // patch) ** 2
+    self.patch_embed = nn.Sequential(nn.Conv2d(3, width, patch, stride=patch), nn.Flatten(2))
+    self.patch_norm = nn.LayerNorm(width)
+    self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+    self.pos_embed = nn.Parameter(torch.randn(1, n + 1, width) * 0.02)
+    self.layers = nn.ModuleList([
+        nn.TransformerEncoderLayer(width, heads, int(width * mlp_ratio), dropout=0.1,
+                                   activation='gelu', batch_first=True, norm_first=True)
+        for _ in range(depth)])
+    self.norm = nn.LayerNorm(width)
+    self.svd_projs = nn.ModuleList([nn.Linear(width, rank, bias=False) for _ in taps])
+    self.head = nn.Sequential(nn.Linear(width + len(taps) * (2 * rank + 2), width), nn.GELU(),
+                              nn.LayerNorm(width), nn.Dropout(0.1), nn.Linear(width, num_classes))
+
+  def forward(self, x):
+    patches = self.patch_embed(x).transpose(1, 2)
+    tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), patches], 1) + self.pos_embed
+    feats = []
+    for i, layer in enumerate(self.layers):
+      tokens = layer(tokens)
+      if i + 1 in self.taps:
+        h = self.svd_projs[len(feats)](tokens[:, 1:])
+        with torch.no_grad():
+          feats.append(svd_features(*gram_eigh_svd(h.float())))
+    return self.head(torch.cat([self.norm(tokens)[:, 0]] + feats, -1))
+
+
+@pytest.mark.parametrize('taps,atol', [((), LOGITS_ATOL), ((1, 3), 1e-4)])
+def test_seed000_model_matches_torch(images, taps, atol):
+  torch.manual_seed(0)
+  ref = Seed000(7, 32, 8, 48, 3, 4, 2.0, taps=taps)
+  randomize_(ref, seed=6)
+  model = vit.ViT(num_classes=7, **SHAPE, layerscale_init=0.0, pos_embed='all', head='mlp',
+                  layer_norm_eps=1e-5, svd_tap_layers=taps, svd_rank=4, init_scheme='seed000')
+  _compare(ref, model, images, layout='seed000', atol=atol)
+
+
+def test_converter_names_the_first_tensor_that_does_not_fit():
+  ref = VisionTransformer(**TIMM_SHAPE, init_values=1e-4, no_embed_class=True)
+  state = ref.state_dict()
+  wide = vit.ViT(num_classes=7, **{**SHAPE, 'mlp_ratio': 4.0}, layerscale_init=1e-4,
+                 pos_embed='patches')
+  with pytest.raises(ValueError, match=r"blocks.0.mlp.fc1.bias of shape \(96,\) does not "
+                                       r"fit parameter block_0/mlp/fc1/bias of shape \(192,\)"):
+    convert.from_torch(state, wide)
+  plain = vit.ViT(num_classes=7, **SHAPE, layerscale_init=0.0, pos_embed='patches')
+  with pytest.raises(ValueError, match=r"tensor 'blocks.0.ls1.gamma' \(48,\) has no place"):
+    convert.from_torch(state, plain)
+  registers = vit.ViT(num_classes=7, **SHAPE, layerscale_init=1e-4, pos_embed='patches',
+                      num_registers=4)
+  with pytest.raises(ValueError, match=r"no 'reg_token' for parameter registers \(1, 4, 48\)"):
+    convert.from_torch(state, registers)
+
+
+# --- initialisation -----------------------------------------------------------------
+
+def _moments(x):
+  """(std, kurtosis): the kurtosis tells a normal (3) from a uniform (1.8)."""
+  x = np.asarray(x, np.float64).ravel()
+  x = x - x.mean()
+  return x.std(), (x**4).mean() / x.var() ** 2
+
+
+def _torch_init(fn, shape):
+  t = torch.empty(shape)
+  fn(t)
+  return t.numpy()
+
+
+@pytest.mark.parametrize('scheme', ['deit', 'seed000'])
+def test_init_follows_the_source(scheme):
+  """Each initialiser against the source's own torch initialiser on a tensor of the same
+  shape (torch layout): std within 3%, kurtosis within 0.15 (10% and 0.3 for the conv
+  bias, which has only 384 entries)."""
+  torch.manual_seed(0)
+  width, patch, size = 384, 8, 128     # 256 patches: every tensor has >= 98k entries
+  model = vit.ViT(num_classes=10, image_size=size, patch_size=patch, width=width, depth=1,
+                  num_heads=6, layerscale_init=1e-4, pos_embed='all', num_registers=4,
+                  init_scheme=scheme)
+  params = jax.jit(lambda k: model.init({'params': k}, jnp.zeros((1, size, size, 3))))(
+      jax.random.key(0))['params']
+  conv = nn.Conv2d(3, width, patch, stride=patch)       # torch's default conv init
+  trunc02 = lambda t: nn.init.trunc_normal_(t, std=0.02)
+  if scheme == 'deit':   # DeiT / DeiT-III code: trunc_normal_(.02) on Linear, cls, pos
+    expect = {
+        'patch_embed/kernel': conv.weight.detach().numpy(),
+        'patch_embed/bias': conv.bias.detach().numpy(),
+        'block_0/attn/qkv/kernel': _torch_init(trunc02, (3 * width, width)),
+        'pos_embedding': _torch_init(trunc02, (1, 257, width)),
+        'registers': _torch_init(lambda t: nn.init.normal_(t, std=1e-6), (1, 256, width))}
+  else:                  # seed 000's _init_weights, and MultiheadAttention's own in_proj
+    mha = nn.MultiheadAttention(width, 6)
+    expect = {
+        'patch_embed/kernel': _torch_init(lambda t: nn.init.kaiming_normal_(t, mode='fan_out'),
+                                          conv.weight.shape),
+        'block_0/attn/qkv/kernel': mha.in_proj_weight.detach().numpy(),
+        'pos_embedding': (torch.randn(1, 257, width) * 0.02).numpy()}
+    np.testing.assert_array_equal(params['patch_embed']['bias'], 0.0)
+    np.testing.assert_array_equal(params['block_0']['attn']['qkv']['bias'], 0.0)
+  expect['block_0/mlp/fc1/kernel'] = _torch_init(trunc02, (4 * width, width))
+  for path, want in expect.items():
+    got = params
+    for part in path.split('/'):
+      got = got[part]
+    (s_got, k_got), (s_want, k_want) = _moments(got), _moments(want)
+    small = np.size(got) < 10_000
+    assert s_got == pytest.approx(s_want, rel=0.1 if small else 0.03), (path, s_got, s_want)
+    assert k_got == pytest.approx(k_want, abs=0.3 if small else 0.15), (path, k_got, k_want)
