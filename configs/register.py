@@ -1,4 +1,6 @@
-r"""DeiT-III ViT-S/16 + 4 register tokens (seed 002), ImageNet-100, LAMB, 400 epochs.
+r"""Seed 002: DeiT-III ViT-S/16 + 4 register tokens (Darcet et al. 2024), ImageNet-100, LAMB.
+
+The recipe is configs/vanilla.py's; only the model changes.
 
   python -m vit_jax.main --config configs/register.py --workdir runs/register
   python -m vit_jax.main --config configs/register.py:quick --workdir runs/quick
@@ -8,6 +10,7 @@ from vit_jax import config_lib
 
 def get_config(arg=None):
   arg = config_lib.check_arg(arg, 'configs/register.py')
-  c = config_lib.deit3_small_imagenet100(config_lib.base())
-  c.model.num_registers = 4        # learnable, no position embedding, dropped at the output
-  return config_lib.quick(c) if arg == 'quick' else c
+  c = config_lib.load('vanilla', arg)
+  c.model.num_registers = 4         # seed 002 (Darcet et al.): learnable, no position
+                                    # embedding, dropped at the output
+  return c

@@ -1,4 +1,6 @@
-r"""DeiT-III ViT-S/16 + G1 gate (seed 002): sigmoid(X W) on the SDPA output, per head and channel.
+r"""Seed 002: DeiT-III ViT-S/16 + G1 gate (Qiu et al. 2025) after SDPA, ImageNet-100, LAMB.
+
+The recipe is configs/vanilla.py's; only the model changes.
 
   python -m vit_jax.main --config configs/sdpa_gated.py --workdir runs/g1
   python -m vit_jax.main --config configs/sdpa_gated.py:quick --workdir runs/g1_quick
@@ -8,6 +10,7 @@ from vit_jax import config_lib
 
 def get_config(arg=None):
   arg = config_lib.check_arg(arg, 'configs/sdpa_gated.py')
-  c = config_lib.deit3_small_imagenet100(config_lib.base())
-  c.model.gate = 'g1'              # X = pre-normed block input, no bias, before the output projection
-  return config_lib.quick(c) if arg == 'quick' else c
+  c = config_lib.load('vanilla', arg)
+  c.model.gate = 'g1'               # seed 002 (Qiu et al.): sigmoid(X W) on the SDPA output,
+                                    # X the pre-normed block input, per head and channel, no bias
+  return c

@@ -1,4 +1,6 @@
-r"""DeiT-III ViT-S/16 + G2 gate (seed 002): sigmoid(X W) on the values, per head and channel.
+r"""Seed 002: DeiT-III ViT-S/16 + G2 gate (Qiu et al. 2025) on the values, ImageNet-100, LAMB.
+
+The recipe is configs/vanilla.py's; only the model changes.
 
   python -m vit_jax.main --config configs/value_gated.py --workdir runs/g2
   python -m vit_jax.main --config configs/value_gated.py:quick --workdir runs/g2_quick
@@ -8,6 +10,7 @@ from vit_jax import config_lib
 
 def get_config(arg=None):
   arg = config_lib.check_arg(arg, 'configs/value_gated.py')
-  c = config_lib.deit3_small_imagenet100(config_lib.base())
-  c.model.gate = 'g2'              # gates V before attention: value-dependent, not query-dependent
-  return config_lib.quick(c) if arg == 'quick' else c
+  c = config_lib.load('vanilla', arg)
+  c.model.gate = 'g2'               # seed 002 (Qiu et al.): sigmoid(X W) on V before attention:
+                                    # value-dependent, not query-dependent
+  return c

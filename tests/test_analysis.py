@@ -31,7 +31,7 @@ PLOTS = {'plots/l2_norms_per_epoch.png', 'plots/l2_norms_per_layer.png',
 
 
 def small_config():
-  c = config_lib.quick(config_lib.deit3_small_imagenet100(config_lib.base()))
+  c = config_lib.load('vanilla', 'quick')
   c.model.update(SMALL)
   c.total_epochs = 2
   c.trainer = 'analyze'
@@ -133,13 +133,11 @@ def test_captured_attention_rows_sum_to_one_and_gates_lie_in_unit_interval(workd
     assert all(0.0 <= v <= 1.0 for v in row['head_mean'] + row['head_sparsity'])
 
 
-def test_analyze_cli_writes_plots_report_and_repeats_exactly(workdir):
+def test_analyze_cli_writes_plots_and_report(workdir):
   r = run_main(CLI_CONFIG + ['--workdir', workdir, '--config.trainer=analyze'])
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'analysed epoch 2' in r.stdout
   first = json.load(open(os.path.join(workdir, 'analysis.json')))
-  again = analysis.analyze(small_config(), workdir)       # in-process, same checkpoint
-  assert json.loads(json.dumps(again)) == first
   assert set(first['plots']) == PLOTS
   for rel in PLOTS:
     with open(os.path.join(workdir, rel), 'rb') as f:
@@ -147,9 +145,13 @@ def test_analyze_cli_writes_plots_report_and_repeats_exactly(workdir):
     height, width, _ = matplotlib.image.imread(os.path.join(workdir, rel)).shape
     assert height > 100 and width > 100
   assert [e['epoch'] for e in first['epochs']] == [1, 2]
-  rows = metrics_io.read(os.path.join(workdir, 'metrics.csv'))
-  assert first['epochs'][-1]['l2_outlier_ratio'] == pytest.approx(
-      float(rows[-1]['l2_outlier_ratio']))
+  # The epoch statistics, recomputed here with numpy from the saved norms and the rule
+  # (relative: above 2 x the median).
+  norms = np.load(os.path.join(workdir, 'l2_norms', 'epoch2.npy'))
+  last = first['epochs'][-1]
+  assert last['l2_norm_mean'] == pytest.approx(norms.mean(), rel=1e-6)
+  assert last['l2_norm_max'] == pytest.approx(norms.max(), rel=1e-6)
+  assert last['l2_outlier_ratio'] == pytest.approx((norms > 2 * np.median(norms)).mean())
   assert len(first['layers']) == 2 and first['gates'] is not None
   report = open(os.path.join(workdir, 'analysis.md')).read()
   assert '| 2 |' in report and 'gate mean' in report
@@ -210,7 +212,7 @@ def test_check_names_what_was_expected(workdir, tmp_path, setup, fragment):
 
 
 def test_check_refuses_a_resnet_config(tmp_path):
-  c = config_lib.resnet_teacher(config_lib.base(), quick_variant=True)
+  c = config_lib.load('teacher_resnet', 'quick')
   c.trainer = 'analyze'
   with pytest.raises(ValueError, match="model.arch='resnet' has none"):
     analysis.check(c, str(tmp_path))

@@ -206,8 +206,41 @@ def test_config_variants(tmp_path):
   checks.check(quick, str(tmp_path / 'run'))   # runs offline as is
   full = _load_config('')
   assert full.trainer == 'crystallize' and full.seq_len == 1024 and full.gpt2.weights == 'gpt2'
+  seed = _load_config('seed')                  # seed 003's run_exp_q03, value by value
+  assert (seed.seq_len, seed.text.split, seed.text.drop_empty_lines) == (256, 'validation', True)
+  assert (tuple(seed.study.layers), tuple(seed.study.d_r)) == ((9, 10, 11), (1, 2, 4, 8, 16, 32))
+  assert (seed.study.calib_blocks, seed.study.eval_blocks, seed.study.calib_in_scored) == (
+      4, 30, True)
   with pytest.raises(ValueError, match="unknown config argument 'full'"):
     _load_config('full')
+
+
+def test_seed_protocol_calibrates_on_the_first_scored_blocks():
+  b = data.blocks(np.arange(40), 4)                 # 10 blocks
+  calib, evals = data.split_blocks(b, 2, 5, calib_in_scored=True)
+  np.testing.assert_array_equal(calib, b[:2])
+  np.testing.assert_array_equal(evals, b[:5])
+  calib, evals = data.split_blocks(b, 2, 5)         # held out: disjoint
+  np.testing.assert_array_equal(calib, b[:2])
+  np.testing.assert_array_equal(evals, b[2:7])
+
+
+def test_drop_empty_lines(tmp_path):
+  path = tmp_path / 'wiki.txt'
+  path.write_text(' = Title = \n\n \nFirst line .\n\nSecond line .\n')
+  cfg = lambda drop: type('T', (), dict(source='file', path=str(path), drop_empty_lines=drop))
+  assert data.study_text(cfg(True)) == ' = Title = \n\nFirst line .\n\nSecond line .'
+  assert data.study_text(cfg(False)) == path.read_text()
+
+
+def test_verdict_never_counts_ranks_at_the_head_dimension():
+  """At d_r >= d_head, C is full attention and recovers everything by construction."""
+  curve = [dict(d_r=2, recovered=0.4), dict(d_r=4, recovered=0.7), dict(d_r=8, recovered=1.0)]
+  v = study.verdict(10.0, 12.0, curve, d_head=8)
+  assert 'not compressible at the tested ranks below 8' in v and 'd_r=4' in v
+  v = study.verdict(10.0, 12.0, curve[:1] + [dict(d_r=4, recovered=0.95)] + curve[2:], 8)
+  assert 'compressible residual: d_r=4 of 8 recovers 95%' in v
+  assert 'no residual rank below' in study.verdict(10.0, 12.0, curve[2:], 8)
 
 
 def _one_line_error(proc, fragment):
@@ -224,13 +257,20 @@ def _one_line_error(proc, fragment):
     (['--config.study.d_r=(1, 64)'], 'study.d_r has 64, outside [1, 32]: the head dimension is 32'),
     (['--config.text.source=file', '--config.text.path=SHORT'],
      'the text has 11 bytes, shorter than one block of seq_len=128'),
+    (['--config.gpt2.weights=NOTOKENIZER'], 'has no tokenizer (tokenizer.json, or vocab.json'),
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path, overrides, fragment):
   short = tmp_path / 'short.txt'
   short.write_text('hello world')
+  weights = tmp_path / 'weights'            # config and weights, but no tokenizer files
+  weights.mkdir()
+  (weights / 'config.json').write_text(json.dumps(dict(
+      vocab_size=50, n_positions=128, n_embd=32, n_layer=4, n_head=4)))
+  (weights / 'model.safetensors').write_bytes(b'')
   workdir = tmp_path / 'run'
   proc = run_main(['--config', 'configs/crystallize_gpt2.py:quick', '--workdir', str(workdir)] +
-                  [o.replace('SHORT', str(short)) for o in overrides], timeout=60)
+                  [o.replace('SHORT', str(short)).replace('NOTOKENIZER', str(weights))
+                   for o in overrides], timeout=60)
   _one_line_error(proc, fragment)
   assert not workdir.exists()
 

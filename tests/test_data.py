@@ -29,7 +29,8 @@ def test_digits_fixed_disjoint_split():
 
 def test_train_loader_batches_and_reshuffles():
   src = sources.digits('train', 8)
-  cfg = ml_collections.ConfigDict(dict(name='digits', random_crop_padding=2, workers=0, repeated_aug=1))
+  cfg = ml_collections.ConfigDict(dict(name='digits', random_crop_padding=2,
+                                       crop_padding_mode='reflect', workers=0, repeated_aug=1))
   it = iter(pipeline.train_loader(src, cfg, per_process_batch=100, seed=3))
   batches = [next(it) for _ in range(30)]          # 2 epochs of 15 batches
   assert batches[0]['image'].shape == (100, 8, 8, 3) and batches[0]['label'].dtype == np.int32
@@ -63,7 +64,8 @@ def test_digits_image_size_must_be_multiple_of_8():
 
 def test_worker_processes_are_deterministic_and_resumable():
   src = sources.digits('train', 8)
-  cfg = ml_collections.ConfigDict(dict(name='digits', random_crop_padding=2, workers=2,
+  cfg = ml_collections.ConfigDict(dict(name='digits', random_crop_padding=2,
+                                       crop_padding_mode='reflect', workers=2,
                                        repeated_aug=1))
   ref = iter(pipeline.train_loader(src, cfg, per_process_batch=50, seed=7))
   expected = [next(ref) for _ in range(36)]                 # 1.2 epochs

@@ -112,7 +112,7 @@ def test_nonfinite_step_stops_naming_it_and_keeps_the_last_checkpoint(tmp_path):
   train.train_and_evaluate(c, workdir, stop_after_epoch=1)
   before = _snapshot(workdir)
 
-  c.optim.lr = 1e30                            # the first update overflows the params
+  c.optim.update(lr=1e30, warmup_lr=1e30)      # the first update overflows the params
   n = tiny_run.STEPS_PER_EPOCH
   with pytest.raises(FloatingPointError, match=r'non-finite loss or gradient at step \d+ ') as e:
     train.train_and_evaluate(c, workdir)

@@ -51,6 +51,7 @@ def test_reads_rgb_from_any_mode_and_skips_unreadable(tmp_path):
 def test_train_loader_drops_unreadable_and_crops(tmp_path):
   root = make_tree(tmp_path)
   cfg = ml_collections.ConfigDict(dict(name='imagenet100', image_size=16, random_crop_padding=0,
+                                       crop_padding_mode='reflect',
                                        repeated_aug=1,
                                        workers=0))
   src = imagefolder.ImageFolderSource(root, 'train')
@@ -124,7 +125,7 @@ def test_prepare_from_imagenet1k_takes_the_100_classes(tmp_path):
 
 def test_training_on_an_image_folder(tmp_path):
   root = make_tree(tmp_path / 'data', per_class=8)
-  c = config_lib.quick(config_lib.deit3_small_imagenet100(config_lib.base()))
+  c = config_lib.load('vanilla', 'quick')
   c.dataset.update(name='imagenet100', data_dir=root, num_classes=3)
   c.model.update(depth=1, width=32, num_heads=2)
   c.update(batch_size=8, eval_batch_size=8, total_epochs=1)

@@ -21,16 +21,18 @@ def test_softmax_xent_by_hand():
                              -(math.log(0.25) + math.log(0.75)) / 2, rtol=1e-6)
 
 
-def test_sigmoid_bce_sums_classes_and_binarizes():
+def test_sigmoid_bce_means_batch_and_classes_and_binarizes():
   logits = jnp.zeros((2, 2))                             # sigmoid = 1/2 everywhere
   targets = jnp.array([[0.6, 0.4], [1.0, 0.0]])
-  np.testing.assert_allclose(losses.sigmoid_bce(logits, targets), 2 * math.log(2), rtol=1e-6)
+  np.testing.assert_allclose(losses.sigmoid_bce(logits, targets), math.log(2), rtol=1e-6)
   logits = jnp.array([[2.0, -1.0]])
   soft = losses.sigmoid_bce(logits, jnp.array([[0.6, 0.4]]))
   hard = losses.sigmoid_bce(logits, jnp.array([[0.6, 0.4]]), binarize_threshold=0.5)
+  both = losses.sigmoid_bce(logits, jnp.array([[0.6, 0.4]]), binarize_threshold=0.0)
   sp = lambda x: math.log1p(math.exp(x))                 # softplus
-  np.testing.assert_allclose(hard, sp(-2.0) + sp(-1.0), rtol=1e-6)   # targets -> (1, 0)
-  np.testing.assert_allclose(soft, 0.6 * sp(-2) + 0.4 * sp(2) + 0.4 * sp(1) + 0.6 * sp(-1),
+  np.testing.assert_allclose(hard, (sp(-2.0) + sp(-1.0)) / 2, rtol=1e-6)   # targets -> (1, 0)
+  np.testing.assert_allclose(both, (sp(-2.0) + sp(1.0)) / 2, rtol=1e-6)    # targets -> (1, 1)
+  np.testing.assert_allclose(soft, (0.6 * sp(-2) + 0.4 * sp(2) + 0.4 * sp(1) + 0.6 * sp(-1)) / 2,
                              rtol=1e-6)
 
 
@@ -41,13 +43,13 @@ def test_hard_distillation_uses_teacher_argmax():
   np.testing.assert_allclose(losses.hard_distillation(student, teacher), -math.log(p2), rtol=1e-6)
 
 
-def test_soft_distillation_kl_times_tau_squared():
+def test_soft_distillation_kl_times_tau_squared_over_logits():
   student = np.array([[1.0, 0.0, -1.0]])
   teacher = np.array([[0.0, 2.0, 0.0]])
   tau = 3.0
   soft = lambda z: np.exp(z / tau) / np.exp(z / tau).sum()
   pt, ps = soft(teacher[0]), soft(student[0])
-  expected = (pt * np.log(pt / ps)).sum() * tau**2
+  expected = (pt * np.log(pt / ps)).sum() * tau**2 / 3      # / (batch x classes)
   np.testing.assert_allclose(losses.soft_distillation(jnp.array(student), jnp.array(teacher), tau),
                              expected, rtol=1e-5)
   assert float(losses.soft_distillation(jnp.array(teacher), jnp.array(teacher), tau)) == \

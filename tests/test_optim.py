@@ -1,4 +1,5 @@
-"""The decay/trust-ratio mask and a LAMB step derived by hand."""
+"""The decay/trust-ratio mask and LAMB / AdamW steps derived by hand (against timm and
+torch: tests/reference/test_ref_optim.py)."""
 import chex
 import jax
 import jax.numpy as jnp
@@ -42,18 +43,6 @@ def test_lamb_first_step_by_hand():
   gg = np.asarray(grads['gamma'], np.float64)
   expected_gamma = -lr * gg / (np.abs(gg) + eps)   # Adam-like: no decay, no trust ratio
   chex.assert_trees_all_close(updates, {'w': expected_w, 'gamma': expected_gamma}, rtol=1e-5)
-
-
-def test_schedule_warmup_then_cosine():
-  cfg = ml_collections.ConfigDict(dict(lr=1e-3, lr_scaling='linear512', warmup_epochs=2,
-                                       warmup_lr=1e-6, min_lr=1e-5))
-  fn = optim.schedule(cfg, batch_size=1024, steps_per_epoch=10, total_epochs=12)
-  peak = 2e-3  # 1e-3 x 1024 / 512
-  np.testing.assert_allclose(fn(0), 1e-6, rtol=1e-5)
-  np.testing.assert_allclose(fn(10), (1e-6 + peak) / 2, rtol=1e-5)
-  np.testing.assert_allclose(fn(20), peak, rtol=1e-5)
-  np.testing.assert_allclose(fn(70), 1e-5 + (peak - 1e-5) * 0.5, rtol=1e-4)  # halfway cosine
-  np.testing.assert_allclose(fn(120), 1e-5, rtol=1e-4)
 
 
 def _np_adam(grads, b1, b2, eps):
@@ -103,7 +92,8 @@ def test_lamb_three_steps_by_hand():
 
 def test_adamw_with_clipping_three_steps_by_hand():
   cfg = ml_collections.ConfigDict(dict(name='adamw', b1=0.9, b2=0.999, eps=1e-8,
-                                       weight_decay=0.1, clip_grad_norm=1.0))
+                                       weight_decay=0.1, clip_grad_norm=1.0,
+                                       decay_scope='matrices'))
   lr = 0.02
   rng = np.random.default_rng(1)
   shapes = {'kernel': (4, 4), 'scale': (4,)}
@@ -145,3 +135,13 @@ def test_layerscale_starvation_of_seed_002():
   expected = lr * np.linalg.norm(np.full(384, 1e-4)) / np.linalg.norm(u) * np.abs(u)
   np.testing.assert_allclose(plain, expected, rtol=1e-4)
   assert masked.mean() / plain.mean() > 5000                 # starved by ~1e4 per step
+
+
+def test_decay_scope_all_decays_everything_that_gets_a_gradient():
+  model = vit.ViT(num_classes=5, image_size=8, patch_size=4, width=8, depth=1, num_heads=2,
+                  svd_tap_layers=(1,), svd_rank=2, head='mlp', layerscale_init=0.0)
+  params = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)},
+                                             jnp.ones((1, 8, 8, 3))))['params']
+  flat = {jax.tree_util.keystr(k): v for k, v in
+          jax.tree_util.tree_leaves_with_path(optim.decay_mask(params, 'all'))}
+  assert [k for k, v in flat.items() if not v] == ["['svd_proj_0']['kernel']"]

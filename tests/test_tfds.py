@@ -30,7 +30,8 @@ def cifar100_dir(tmp_path_factory):
 
 def test_reads_the_prepared_array_record_data(cifar100_dir):
   cfg = ml_collections.ConfigDict(dict(name='cifar100', data_dir=cifar100_dir, image_size=32,
-                                       random_crop_padding=4, workers=0, repeated_aug=1))
+                                       random_crop_padding=4, crop_padding_mode='reflect',
+                                       workers=0, repeated_aug=1))
   sources.check_available(cfg)
   train, val = sources.get(cfg, 'train'), sources.get(cfg, 'val')
   assert (len(train), len(val)) == (40, 12)

@@ -11,11 +11,11 @@ import pytest
 from conftest import REPO
 from vit_jax import metrics_io
 from vit_jax import train
-from vit_jax.config_lib import base, deit3_small_imagenet100, quick
+from vit_jax import config_lib
 
 
 def quick_config(**model):
-  c = quick(deit3_small_imagenet100(base()))
+  c = config_lib.load('vanilla', 'quick')
   c.model.update(model)
   return c
 
@@ -30,7 +30,7 @@ def test_quick_config_learns_and_writes_workdir(tmp_path):
   c.total_epochs = 12
   workdir = str(tmp_path)
   last = train.train_and_evaluate(c, workdir)
-  assert last['val_acc1'] > 60.0          # 10 classes: chance is 10%
+  assert last['val_acc1'] > 40.0          # 10 classes: chance is 10%
   rows = read_rows(workdir)
   assert [int(r['epoch']) for r in rows] == list(range(1, 13))
   assert tuple(rows[0]) == metrics_io.COLUMNS

@@ -32,7 +32,7 @@ def args(workdir, **more) -> list[str]:
 
 
 def config(**more):
-  c = config_lib.quick(config_lib.deit3_small_imagenet100(config_lib.base()))
+  c = config_lib.load('vanilla', 'quick')
   for key, value in {**OVERRIDES, **more}.items():
     node = c
     *parents, leaf = key.split('.')

@@ -72,18 +72,18 @@ def _time(fn, repeats: int) -> float:
 def bench_shape(config, steps: int) -> dict:
   """Pipeline (grain + on-device augmentation) vs train-step images/s for one config."""
   from vit_jax import train
-  from vit_jax.data import pipeline, sources
+  from vit_jax.data import augment, pipeline, sources
   trainer = train.Trainer(config)
   state = trainer.setup(steps_per_epoch=100)
   src = sources.get(config.dataset, 'train')
   loader = pipeline.train_loader(src, config.dataset, config.batch_size, seed=0)
   it = iter(loader)
   cpu_s = _time(lambda: next(it), steps * 4)
-  augment = jax.jit(lambda k, x, y: train.augment_batch(k, x, jax.nn.one_hot(y, config.dataset.num_classes), config))
+  augment_fn = jax.jit(lambda k, x, y: augment.augment_batch(k, x, jax.nn.one_hot(y, config.dataset.num_classes), config))
 
   def data_batch():
     batch = next(it)
-    x, _ = augment(jax.random.key(0), batch['image'], batch['label'])
+    x, _ = augment_fn(jax.random.key(0), batch['image'], batch['label'])
     jax.block_until_ready(x)
     return batch
 
@@ -122,14 +122,14 @@ def main(argv):
              'workers': _WORKERS.value}
   with tempfile.TemporaryDirectory() as tmp:
     _cifar_like(os.path.join(tmp, 'tfds'), _IMAGES_32.value)
-    c = config_lib.deit_small_cifar100(config_lib.base())          # crop, flip, RandAugment
+    c = config_lib.load('deit_cifar100')          # crop, flip, RandAugment
     c.dataset.update(data_dir=os.path.join(tmp, 'tfds'), workers=_WORKERS.value)
     c.batch_size = 64
     results['cifar_32'] = bench_shape(c, steps=3)
     _report('32x32, seed-000 recipe (crop, flip, RandAugment)', results['cifar_32'])
 
     _jpeg_folder(os.path.join(tmp, 'in100'), _IMAGES_224.value)
-    c = config_lib.deit3_small_imagenet100(config_lib.base())      # RRC, 3-Augment, mixing
+    c = config_lib.load('vanilla')      # RRC, 3-Augment, mixing
     c.dataset.update(data_dir=os.path.join(tmp, 'in100'), workers=_WORKERS.value)
     c.batch_size = 32
     results['imagenet_224'] = bench_shape(c, steps=2)

@@ -62,6 +62,7 @@ def variant_config(variant: str, image_size: int, dtype: str, batch: int,
   c = config_lib.base()
   c.batch_size = c.eval_batch_size = batch
   c.dtype = dtype
+  c.optim.clip_grad_norm = 1.0      # as the timm runner's step
   c.dataset.update(image_size=image_size, num_classes=100)
   c.model.update(image_size=image_size, patch_size=PATCH[image_size], layerscale_init=1e-4,
                  pos_embed='patches', attention_impl=attention)
@@ -246,7 +247,7 @@ def bench_epoch(dtype: str, batch: int, images: int, attention: str = 'xla',
                 pool: int = 4, **model_overrides) -> dict:
   """Seconds of one `images`-sized epoch of DeiT-S/4 (seed 000 recipe, on-device augmentation)."""
   from vit_jax import train
-  c = config_lib.deit_small_cifar100(config_lib.base())
+  c = config_lib.load('deit_cifar100')
   c.batch_size = c.eval_batch_size = batch
   c.dtype = dtype
   c.model.update(attention_impl=attention, **model_overrides)

@@ -1,21 +1,39 @@
-"""Building blocks for the files in configs/: one base, the recipes, and `quick`.
+"""What the files in configs/ build on: the full set of fields, the quick variant, loading.
 
-Every config file's get_config(arg) starts from `base()`, applies its study's
-recipe and model, and, for arg == 'quick', shrinks to the embedded default
-(scikit-learn's digits, a small model of the same variant, CPU minutes).
+Each study's recipe lives in its config file, one commented value per line naming
+its source; `base()` only declares every field (its defaults are neutral: no
+augmentation, no regularisation) and the infrastructure (checkpoints, probes,
+processes). `quick` shrinks any recipe to the embedded default: scikit-learn's
+digits, a small model of the same variant, minutes on a CPU.
 """
+import importlib.util
+import os
+
 import ml_collections
 
 TRAINERS = ('train', 'analyze', 'crystallize')
 ARGS = ('', 'quick')
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
-def check_arg(arg: str | None, config_file: str) -> str:
+def check_arg(arg: str | None, config_file: str, valid=ARGS) -> str:
   arg = arg or ''
-  if arg not in ARGS:
+  if arg not in valid:
     raise ValueError(f'{config_file}: unknown config argument {arg!r}; '
-                     f'valid: {", ".join(repr(a) for a in ARGS)}')
+                     f'valid: {", ".join(repr(a) for a in valid)}')
   return arg
+
+
+def load(name: str, arg: str = '') -> ml_collections.ConfigDict:
+  """configs/<name>.py's get_config(arg), for code and tests that need a study's recipe."""
+  path = os.path.join(CONFIG_DIR, f'{name}.py')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config {path!r} not found (configs/ lives in the repository '
+                            'checkout beside vit_jax/)')
+  spec = importlib.util.spec_from_file_location(f'vit_jax_config_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def base() -> ml_collections.ConfigDict:
@@ -36,16 +54,16 @@ def base() -> ml_collections.ConfigDict:
       process_id=-1,              # -1 = detect
       init_timeout_s=300.0))      # start-up that takes longer stops with an error
 
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = 'cifar100'       # digits | cifar10 | cifar100 | imagenet100
-  c.dataset.data_dir = ''           # tfds data_dir ('' = tfds default) or ImageFolder root
-  c.dataset.image_size = 32
-  c.dataset.num_classes = 100
-  c.dataset.mean = (0.485, 0.456, 0.406)
-  c.dataset.std = (0.229, 0.224, 0.225)
-  c.dataset.random_crop_padding = 0  # reflect-padded random crop on the CPU if > 0
-  c.dataset.repeated_aug = 1        # DeiT repeated augmentation: each image k times, 1 = off
-  c.dataset.workers = 0             # grain worker processes; 0 = in the main process
+  c.dataset = ml_collections.ConfigDict(dict(
+      name='cifar100',            # digits | cifar10 | cifar100 | imagenet100
+      data_dir='',                # tfds data_dir ('' = tfds default) or ImageFolder root
+      image_size=32, num_classes=100,
+      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),   # Normalize after ToTensor
+      random_crop_padding=0,      # padded random crop on the CPU if > 0
+      crop_padding_mode='constant',  # ... padded with zeros ('constant') or mirrored ('reflect')
+      repeated_aug=1,             # DeiT repeated augmentation: each image k times, 1 = off
+      eval_crop_ratio=0.875,      # ImageFolder evaluation: resize to size / ratio, centre crop
+      workers=0))                 # grain worker processes; 0 = in the main process
 
   # On-device augmentation inside the jitted train step (vit_jax/data/augment.py).
   c.augment = ml_collections.ConfigDict(dict(
@@ -53,9 +71,13 @@ def base() -> ml_collections.ConfigDict:
       three_augment=False,        # DeiT-III: one of grayscale / solarize / blur
       color_jitter=0.0,           # ColorJitter(b, c, s) strength, 0 = off
       randaugment_layers=0,       # RandAugment ops per image, 0 = off
-      randaugment_magnitude=9.0, randaugment_mstd=0.5,
+      randaugment_policy='timm',  # 'timm' (DeiT) | 'torchvision' (seed 000)
+      randaugment_magnitude=9.0,  # timm: level in [0, 10]; torchvision: bin in 0..30
+      randaugment_mstd=0.5,       # timm: std of the level (torchvision: must be 0)
+      randaugment_resample='bicubic',  # geometric ops: nearest | bilinear | bicubic
       mixup=0.0, cutmix=0.0,      # Beta alphas, 0 = off
       mix_switch_prob=0.5,        # P(CutMix) when both are on
+      cutmix_box='exact',         # 'exact' (timm >= 1.0) | 'floor' (timm 0.3-0.4): odd sides
       erase_prob=0.0))            # DeiT random erasing probability
 
   c.model = ml_collections.ConfigDict(dict(
@@ -67,11 +89,12 @@ def base() -> ml_collections.ConfigDict:
       attention_impl='xla'))        # 'cudnn': fused attention on a GPU (bf16)
 
   c.optim = ml_collections.ConfigDict(dict(
-      name='adamw', lr=5e-4, lr_scaling='none', weight_decay=0.05, b1=0.9, b2=0.999,
-      eps=1e-8, clip_grad_norm=1.0, warmup_epochs=5.0, warmup_lr=1e-6, min_lr=1e-5))
+      name='adamw', lr=5e-4, lr_scaling='none', weight_decay=0.05, decay_scope='matrices',
+      b1=0.9, b2=0.999, eps=1e-8, clip_grad_norm=0.0, warmup_epochs=0.0, warmup_lr=1e-6,
+      min_lr=0.0, schedule_unit='epoch', schedule_epoch_lag=0))
 
   c.loss = ml_collections.ConfigDict(dict(name='softmax_xent', label_smoothing=0.0))
-  # DeiT-III --bce-target-thresh: BCE targets above it become 1, the rest 0 (unset = off).
+  # BCE targets above it become 1, the rest 0 (DeiT-III: 0.0); unset = soft targets.
   c.loss.bce_target_threshold = ml_collections.config_dict.placeholder(float)
 
   # DeiT distillation: the dist token's head learns from a frozen teacher
@@ -99,65 +122,6 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
-def deit3_small_imagenet100(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Seed 002: DeiT-III ViT-S/16 at 224 on ImageNet-100, LAMB, 400 epochs.
-
-  Source (DeiT-III, ViT-S on ImageNet-1k): LAMB lr 4e-3 at batch 2048 with no
-  lr scaling, wd 0.05, 800 epochs, 5 warmup epochs from 1e-6, min lr 1e-5,
-  drop-path 0.05, LayerScale, BCE, no label smoothing. Seed 002 changes: 400
-  epochs, ImageNet-100, lr 1e-3 (its later runs), LayerScale init 1e-4.
-  """
-  c.total_epochs = 400
-  c.batch_size = 256
-  c.dataset.update(name='imagenet100', image_size=224, num_classes=100, workers=8)
-  c.model.update(image_size=224, patch_size=16, layerscale_init=1e-4,
-                 drop_path_rate=0.05, pos_embed='patches')
-  c.optim.update(name='lamb', lr=1e-3, lr_scaling='none', weight_decay=0.05,
-                 warmup_epochs=5.0, warmup_lr=1e-6, min_lr=1e-5, clip_grad_norm=1.0)
-  c.loss.update(name='sigmoid_bce', label_smoothing=0.0)
-  c.augment.update(hflip=True, three_augment=True, color_jitter=0.3, mixup=0.8, cutmix=1.0)
-  c.dataset.repeated_aug = 3
-  return c
-
-
-def deit_small_cifar100(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Seed 000: DeiT-Small/4 at 32x32 on CIFAR-100, 100 epochs, AdamW 3e-4, wd 0.05, cosine, batch 256.
-
-  The reference model is torch's pre-norm TransformerEncoderLayer: qkv bias,
-  dropout 0.1, LayerNorm eps 1e-5, position embeddings on cls too, MLP head.
-  """
-  c.total_epochs = 100
-  c.batch_size = 256
-  c.dataset.update(name='cifar100', image_size=32, num_classes=100,
-                   random_crop_padding=4)
-  c.augment.update(hflip=True, randaugment_layers=2, randaugment_magnitude=9.0,
-                   randaugment_mstd=0.0)   # torchvision RandAugment(2, 9): fixed magnitude
-  c.model.update(image_size=32, patch_size=4, layerscale_init=0.0, pos_embed='all',
-                 dropout_rate=0.1, attention_dropout_rate=0.1, head='mlp',
-                 head_dropout_rate=0.1, layer_norm_eps=1e-5)
-  c.optim.update(name='adamw', lr=3e-4, weight_decay=0.05, warmup_epochs=0.0, min_lr=0.0)
-  return c
-
-
-def deit_small_imagenet(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Seed 001 / original DeiT-S: AdamW lr 5e-4 x batch/512, wd 0.05, 300 epochs,
-  drop-path 0.1, label smoothing 0.1, distillation token, cls+dist position embeddings."""
-  c.total_epochs = 300
-  c.batch_size = 256
-  c.dataset.update(name='imagenet100', image_size=224, num_classes=100, workers=8)
-  c.model.update(image_size=224, patch_size=16, layerscale_init=0.0, pos_embed='all',
-                 drop_path_rate=0.1, distillation=True)
-  c.teacher.update(kind='hard', alpha=0.5, tau=1.0)
-  c.teacher.model = resnet_teacher_model(quick_variant=False)
-  c.optim.update(name='adamw', lr=5e-4, lr_scaling='linear512', weight_decay=0.05,
-                 warmup_epochs=5.0, warmup_lr=1e-6, min_lr=1e-5)
-  c.loss.update(name='softmax_xent', label_smoothing=0.1)
-  c.augment.update(hflip=True, mixup=0.8, cutmix=1.0, erase_prob=0.25, randaugment_layers=2,
-                   randaugment_magnitude=9.0, randaugment_mstd=0.5)
-  c.dataset.repeated_aug = 3
-  return c
-
-
 def resnet_teacher_model(quick_variant: bool) -> ml_collections.ConfigDict:
   """The ConvNet teacher: ResNet-50 (v2, GroupNorm) at 224, or a 2-stage width-16 one for digits."""
   if quick_variant:
@@ -167,43 +131,25 @@ def resnet_teacher_model(quick_variant: bool) -> ml_collections.ConfigDict:
                                         width=64, groups=32, stem='imagenet'))
 
 
-def resnet_teacher(c: ml_collections.ConfigDict, quick_variant: bool) -> ml_collections.ConfigDict:
-  """A ConvNet teacher for DeiT distillation, trained by the same CLI.
-
-  Standard ResNet recipe: SGD (Nesterov momentum 0.9) lr 0.1 x batch/256,
-  wd 1e-4 on weight matrices, label smoothing 0.1, cosine with 5 warmup epochs.
-  """
-  c.model = resnet_teacher_model(quick_variant)
-  c.optim.update(name='sgd', lr=0.2, lr_scaling='linear512', weight_decay=1e-4, b1=0.9,
-                 warmup_epochs=5.0, warmup_lr=1e-6, min_lr=0.0)
-  c.loss.update(name='softmax_xent', label_smoothing=0.1)
-  if quick_variant:
-    _digits(c)
-    c.total_epochs = 20
-    c.optim.update(lr_scaling='none', lr=0.05, warmup_epochs=1.0)
-  else:
-    c.total_epochs = 100
-    c.dataset.update(name='imagenet100', image_size=224, num_classes=100, workers=8)
-  return c
-
-
-def _digits(c: ml_collections.ConfigDict) -> None:
+def digits(c: ml_collections.ConfigDict) -> None:
+  """The embedded data set, with every augmentation off (ours): digits are not
+  flip-invariant, and 40 epochs are too few for mixing and heavy augmentation to pay off."""
   c.batch_size = 64
   c.eval_batch_size = 128
   c.checkpoint_every_epochs = 10
+  c.dtype = 'float32'               # the CPU default; bf16 is no faster here for tiny models
   c.dataset.update(name='digits', image_size=16, num_classes=10, mean=(0.5,) * 3,
                    std=(0.5,) * 3, random_crop_padding=0, workers=0, repeated_aug=1)
-  # Digits are not flip-invariant, and 40 epochs are too few for mixing and
-  # heavy augmentation to pay off: the embedded default trains without them.
   c.augment.update(hflip=False, three_augment=False, color_jitter=0.0, mixup=0.0, cutmix=0.0,
                    erase_prob=0.0, randaugment_layers=0)
   c.probe.num_images = 32
 
 
 def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The embedded default: digits at 16x16, a 4-block width-64 model of the same variant."""
+  """The embedded default: digits at 16x16, a 4-block width-64 model of the same variant,
+  40 epochs, 2 warmup epochs, the recipe's optimizer at a small-model learning rate."""
   c.total_epochs = 40
-  _digits(c)
+  digits(c)
   c.model.update(image_size=16, patch_size=4, width=64, depth=4, num_heads=4, svd_rank=8,
                  svd_tap_layers=tuple(l // 3 for l in c.model.svd_tap_layers))
   c.optim.update(lr=5e-3 if c.optim.name == 'lamb' else 1e-3, lr_scaling='none',

@@ -1,30 +1,58 @@
-"""Classification losses, computed in float32 whatever the compute dtype."""
+"""Classification losses, computed in float32 whatever the compute dtype.
+
+Each loss has a per-example form (what evaluation sums over the real examples of a
+padded batch) and its batch mean (what training minimises). tests/reference checks
+them against torch and timm.
+"""
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
 
 
 def smooth_labels(onehot: jax.Array, smoothing: float) -> jax.Array:
+  """timm's mixup_target smoothing: off = smoothing / C, on = 1 - smoothing + off."""
   return onehot * (1.0 - smoothing) + smoothing / onehot.shape[-1]
 
 
+def softmax_xent_per_example(logits, targets):
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def sigmoid_bce_per_example(logits, targets, binarize_threshold: float | None = None):
+  """Independent sigmoids, mean over classes. With `binarize_threshold`, targets above it
+  become 1 and the rest 0: DeiT-III's engine.py does `targets.gt(0.0)` after mixing."""
+  if binarize_threshold is not None:
+    targets = (targets > binarize_threshold).astype(jnp.float32)
+  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean(-1)
+
+
 def softmax_xent(logits, targets):
-  """Mean cross-entropy against (possibly soft) target distributions."""
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+  """timm's SoftTargetCrossEntropy: mean over the batch of -sum(t * log_softmax)."""
+  return softmax_xent_per_example(logits, targets).mean()
 
 
 def sigmoid_bce(logits, targets, binarize_threshold: float | None = None):
-  """DeiT-III's BCE: independent sigmoids per class, summed over classes, mean over batch.
-
-  With `binarize_threshold`, mixed targets above it become 1 and the rest 0
-  (DeiT-III's --bce-target-thresh).
-  """
-  if binarize_threshold is not None:
-    targets = (targets > binarize_threshold).astype(jnp.float32)
-  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).sum(-1).mean()
+  """torch's BCEWithLogitsLoss(): mean over batch x classes (DeiT-III's --bce-loss)."""
+  return sigmoid_bce_per_example(logits, targets, binarize_threshold).mean()
 
 
-LOSSES = {'softmax_xent': softmax_xent, 'sigmoid_bce': sigmoid_bce}
+LOSSES = {'softmax_xent': softmax_xent_per_example, 'sigmoid_bce': sigmoid_bce_per_example}
+
+
+def per_example_loss(loss_cfg):
+  """config.loss -> f(logits, targets) of shape (B,); the name is checked by preflight."""
+  fn = LOSSES[loss_cfg.name]
+  if loss_cfg.name == 'sigmoid_bce':
+    fn = functools.partial(fn, binarize_threshold=loss_cfg.bce_target_threshold)
+  return fn
+
+
+def batch_loss(loss_cfg):
+  """config.loss -> f(logits, targets), the batch mean that training minimises."""
+  fn = per_example_loss(loss_cfg)
+  return lambda logits, targets: fn(logits, targets).mean()
 
 
 def topk_correct(logits, labels, k: int) -> jax.Array:
@@ -44,17 +72,21 @@ def hard_distillation(student_logits, teacher_logits):
 
 
 def soft_distillation(student_logits, teacher_logits, tau: float):
-  """KL(teacher || student) at temperature tau, times tau^2 (per example, mean over batch)."""
+  """DeiT soft distillation: KL(teacher || student) at temperature tau, summed over batch
+  and classes, times tau^2, divided by the number of logits (B x C), as DeiT's
+  DistillationLoss (kl_div(..., reduction='sum') * T^2 / numel)."""
   log_p_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / tau, -1)
   log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / tau, -1)
-  return (jnp.exp(log_p_t) * (log_p_t - log_p_s)).sum(-1).mean() * tau**2
+  return (jnp.exp(log_p_t) * (log_p_t - log_p_s)).mean() * tau**2
 
 
 def deit_objective(cls_logits, dist_logits, targets, teacher_logits, *, base, kind: str,
                    alpha: float, tau: float):
   """cls head on the labels, dist head on the teacher: (1 - alpha) * base + alpha * distill.
 
-  kind 'none' (no teacher): both heads learn the labels, equally weighted.
+  kind 'none' (no teacher): both heads learn the labels, equally weighted (ours: DeiT's
+  DistillationLoss with 'none' would train the cls head alone and leave the dist head
+  untrained).
   """
   if kind not in DISTILLATION_KINDS:
     raise ValueError(f'teacher.kind={kind!r} is not one of {DISTILLATION_KINDS}')

@@ -2,8 +2,11 @@
 import csv
 import os
 
+# val_loss: softmax cross-entropy on the labels for every model (DeiT's evaluate());
+# val_objective: the training loss function on the unmixed validation labels.
 COLUMNS = ('epoch', 'train_loss', 'val_loss', 'val_acc1', 'val_acc5', 'lr',
-           'l2_norm_mean', 'l2_norm_std', 'l2_outlier_ratio', 'epoch_time_s', 'images_per_s')
+           'l2_norm_mean', 'l2_norm_std', 'l2_outlier_ratio', 'epoch_time_s', 'images_per_s',
+           'val_objective')
 
 
 def read(path: str) -> list[dict]:

@@ -6,22 +6,44 @@ LayerScale gammas, cls/dist/register tokens, position embeddings) gets plain
 Adam-like updates. `optax.lamb(mask=...)` masks only the decay, not the trust
 ratio, which is the bug of seed 002, so LAMB is built from its parts here.
 """
+import functools
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 # Parameters that are tokens or embeddings, never decayed, even though >= 2-D.
 NO_DECAY_NAMES = frozenset({'cls', 'dist', 'registers', 'pos_embedding'})
+# The SVD tap projections get no gradient (the taps are detached); torch's optimizers
+# skip a parameter whose .grad is None, so in seed 000 they are not decayed either.
+NO_GRADIENT_PREFIXES = ('svd_proj_',)
 OPTIMIZERS = ('adamw', 'lamb', 'sgd')
 LR_SCALINGS = ('none', 'linear512')
+DECAY_SCOPES = ('matrices', 'all')
+SCHEDULE_UNITS = ('epoch', 'step')
 
 
-def decay_mask(params):
-  """True for weight matrices (kernels of >= 2 dims), False for all else."""
-  def is_matrix(path, x):
+def _gets_gradient(path) -> bool:
+  return not any(getattr(p, 'key', '').startswith(NO_GRADIENT_PREFIXES) for p in path)
+
+
+def decay_mask(params, scope: str = 'matrices'):
+  """Which parameters get weight decay (and, for LAMB, the trust ratio).
+
+  'matrices' (timm's create_optimizer_v2 groups, DeiT / DeiT-III): kernels of >= 2
+  dims that are not tokens or position embeddings. 'all' (seed 000's
+  torch.optim.AdamW(model.parameters())): every parameter that gets a gradient.
+  """
+  if scope not in DECAY_SCOPES:
+    raise ValueError(f'optim.decay_scope={scope!r} is not one of {DECAY_SCOPES}')
+
+  def decayed(path, x):
     name = getattr(path[-1], 'key', str(path[-1]))
-    return x.ndim >= 2 and name not in NO_DECAY_NAMES
-  return jax.tree_util.tree_map_with_path(is_matrix, params)
+    if not _gets_gradient(path):
+      return False
+    return scope == 'all' or (x.ndim >= 2 and name not in NO_DECAY_NAMES)
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def scaled_lr(cfg: ml_collections.ConfigDict, batch_size: int) -> float:
@@ -30,15 +52,41 @@ def scaled_lr(cfg: ml_collections.ConfigDict, batch_size: int) -> float:
   return cfg.lr * batch_size / 512 if cfg.lr_scaling == 'linear512' else cfg.lr
 
 
+def cosine_lr(t, *, peak: float, total: float, warmup: float, warmup_lr: float,
+              min_lr: float):
+  """timm's CosineLRScheduler at time t (epochs or updates): linear warmup from
+  warmup_lr over `warmup`, then min_lr + (peak - min_lr)(1 + cos(pi t / total)) / 2 with
+  t counted from 0, not from the end of the warmup (timm's default, warmup_prefix=False),
+  and min_lr from t = total on (one cycle)."""
+  t = jnp.asarray(t, jnp.float32)
+  cosine = min_lr + 0.5 * (peak - min_lr) * (1 + jnp.cos(jnp.pi * jnp.minimum(t, total) / total))
+  if warmup > 0:
+    ramp = warmup_lr + t * (peak - warmup_lr) / warmup
+    return jnp.where(t < warmup, ramp, cosine)
+  return cosine
+
+
 def schedule(cfg: ml_collections.ConfigDict, batch_size: int, steps_per_epoch: int,
              total_epochs: int) -> optax.Schedule:
-  """Per-step linear warmup from warmup_lr, then cosine decay to min_lr."""
+  """Learning rate of each update: timm's CosineLRScheduler as the sources step it.
+
+  schedule_unit 'epoch': t is the epoch, the lr constant within it (DeiT's
+  lr_scheduler.step(epoch); seed 000's CosineAnnealingLR.step() per epoch); with
+  schedule_epoch_lag 1, epoch e trains at the lr of epoch e - 1 (epoch 0 at that of 0),
+  because DeiT's main.py steps the scheduler with the epoch just finished. 'step': t
+  is the update (timm's step_update), warmup and length in updates.
+  """
+  if cfg.schedule_unit not in SCHEDULE_UNITS:
+    raise ValueError(f'optim.schedule_unit={cfg.schedule_unit!r} is not one of {SCHEDULE_UNITS}')
   peak = scaled_lr(cfg, batch_size)
-  warmup = int(cfg.warmup_epochs * steps_per_epoch)
-  total = max(total_epochs * steps_per_epoch, warmup + 1)
-  return optax.warmup_cosine_decay_schedule(
-      init_value=cfg.warmup_lr if warmup else peak, peak_value=peak,
-      warmup_steps=warmup, decay_steps=total, end_value=cfg.min_lr)
+  shape = dict(peak=peak, warmup_lr=cfg.warmup_lr if cfg.warmup_epochs else peak,
+               min_lr=cfg.min_lr)
+  if cfg.schedule_unit == 'step':
+    return lambda step: cosine_lr(step, total=total_epochs * steps_per_epoch,
+                                  warmup=cfg.warmup_epochs * steps_per_epoch, **shape)
+  lag = cfg.schedule_epoch_lag
+  return lambda step: cosine_lr(jnp.maximum(step // steps_per_epoch - lag, 0),
+                                total=total_epochs, warmup=cfg.warmup_epochs, **shape)
 
 
 def lamb(lr, b1, b2, eps, weight_decay, mask) -> optax.GradientTransformation:
@@ -54,13 +102,14 @@ def lamb(lr, b1, b2, eps, weight_decay, mask) -> optax.GradientTransformation:
 def build(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
   if cfg.name not in OPTIMIZERS:
     raise ValueError(f'optim.name={cfg.name!r} is not one of {OPTIMIZERS}')
+  mask = functools.partial(decay_mask, scope=cfg.decay_scope)
   if cfg.name == 'lamb':
-    opt = lamb(lr, cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay, decay_mask)
+    opt = lamb(lr, cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay, mask)
   elif cfg.name == 'adamw':
     opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                      weight_decay=cfg.weight_decay, mask=decay_mask)
+                      weight_decay=cfg.weight_decay, mask=mask)
   else:
-    opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
+    opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=mask),
                       optax.sgd(lr, momentum=cfg.b1, nesterov=True))
   if cfg.clip_grad_norm:
     opt = optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), opt)

@@ -11,6 +11,10 @@ from vit_jax import models
 from vit_jax import optim
 from vit_jax import teacher
 from vit_jax import token_norms
+from vit_jax.data import augment
+from vit_jax.data import pil_ops
+from vit_jax.data import pipeline
+from vit_jax.data import randaugment
 from vit_jax.data import sources
 
 
@@ -45,6 +49,8 @@ def check(config, workdir: str) -> None:
     if config[name] <= 0 or config[name] % n:
       raise ValueError(f'{name}={config[name]} must be a positive multiple of the {n} devices')
   check_ranges(config)
+  check_choices(config)
+  check_randaugment(config.augment)
   sources.check_available(config.dataset)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f'workdir={workdir!r} exists and is not a directory')
@@ -61,8 +67,10 @@ RANGES = (
     ('augment.erase_prob', 0.0, 1.0), ('augment.mix_switch_prob', 0.0, 1.0),
     ('augment.mixup', 0.0, float('inf')), ('augment.cutmix', 0.0, float('inf')),
     ('augment.color_jitter', 0.0, 0.99), ('augment.randaugment_layers', 0, 16),
-    ('augment.randaugment_magnitude', 0.0, 10.0), ('augment.randaugment_mstd', 0.0, 10.0),
+    ('augment.randaugment_magnitude', 0.0, 30.0), ('augment.randaugment_mstd', 0.0, 10.0),
     ('dataset.repeated_aug', 1, 64), ('dataset.workers', 0, 1024),
+    ('dataset.eval_crop_ratio', 1e-3, 1.0), ('optim.schedule_epoch_lag', 0, 10**6),
+    ('optim.clip_grad_norm', 0.0, float('inf')), ('optim.warmup_epochs', 0.0, 10**6),
     ('dataset.random_crop_padding', 0, 1024), ('loss.label_smoothing', 0.0, 1.0),
     ('teacher.alpha', 0.0, 1.0), ('teacher.tau', 1e-6, float('inf')),
     ('total_epochs', 1, 10**6), ('checkpoint_every_epochs', 1, 10**6),
@@ -71,13 +79,52 @@ RANGES = (
 )
 
 
+# (field, accepted values) of the fields that name a choice.
+CHOICES = (
+    ('augment.randaugment_policy', randaugment.POLICIES),
+    ('augment.randaugment_resample', pil_ops.RESAMPLES),
+    ('augment.cutmix_box', augment.CUTMIX_BOXES),
+    ('dataset.crop_padding_mode', pipeline.PADDING_MODES),
+    ('optim.decay_scope', optim.DECAY_SCOPES),
+    ('optim.schedule_unit', optim.SCHEDULE_UNITS),
+)
+
+
+def _get(config, field):
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  return value
+
+
 def check_ranges(config) -> None:
   for field, low, high in RANGES:
-    value = config
-    for part in field.split('.'):
-      value = value[part]
+    value = _get(config, field)
     if not low <= value <= high:
       raise ValueError(f'{field}={value} is outside [{low}, {high}]')
+
+
+def check_choices(config) -> None:
+  for field, allowed in CHOICES:
+    if _get(config, field) not in allowed:
+      raise ValueError(f'{field}={_get(config, field)!r} is not one of {allowed}')
+
+
+def check_randaugment(a) -> None:
+  """timm levels are in [0, 10]; torchvision magnitudes are bins 0..30 and fixed."""
+  if not a.randaugment_layers:
+    return
+  m = a.randaugment_magnitude
+  if a.randaugment_policy == 'timm' and not 0 <= m <= randaugment.TIMM_MAX_LEVEL:
+    raise ValueError(f"augment.randaugment_magnitude={m} is outside [0, 10] for the 'timm' "
+                     'policy')
+  if a.randaugment_policy == 'torchvision':
+    if not (float(m).is_integer() and 0 <= m < randaugment.TORCHVISION_BINS):
+      raise ValueError(f"augment.randaugment_magnitude={m} must be a whole bin in 0..30 for "
+                       "the 'torchvision' policy")
+    if a.randaugment_mstd:
+      raise ValueError(f'augment.randaugment_mstd={a.randaugment_mstd} must be 0 for the '
+                       "'torchvision' policy (its magnitude is fixed)")
 
 
 def check_writable(workdir: str) -> None:

@@ -29,7 +29,6 @@ from vit_jax.data import augment
 from vit_jax.data.augment import normalize
 from vit_jax.data import imagefolder
 from vit_jax.data import pipeline
-from vit_jax.data import randaugment
 from vit_jax.data import sources
 
 
@@ -47,30 +46,6 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
                        devices=devices)
 
 
-def augment_batch(key, images_uint8, targets, config):
-  """uint8 images -> augmented, normalised float32 images and (mixed) targets."""
-  a = config.augment
-  k_flip, k_three, k_mix, k_erase, k_rand = jax.random.split(key, 5)
-  x = images_uint8.astype(jnp.float32) / 255.0
-  if a.hflip:
-    flip = jax.random.bernoulli(k_flip, 0.5, (x.shape[0], 1, 1, 1))
-    x = jnp.where(flip, x[:, :, ::-1], x)
-  if a.randaugment_layers:
-    x = randaugment.rand_augment(k_rand, x, num_layers=a.randaugment_layers,
-                                 magnitude=a.randaugment_magnitude,
-                                 magnitude_std=a.randaugment_mstd)
-  if a.three_augment or a.color_jitter:
-    x = augment.three_augment(k_three, x, color_jitter_strength=a.color_jitter, hflip=False,
-                              pick_one=a.three_augment)
-  x = normalize(x * 255.0, config.dataset)
-  if a.mixup or a.cutmix:
-    x, targets, _, _ = augment.mixup_cutmix(k_mix, x, targets, mixup_alpha=a.mixup,
-                                            cutmix_alpha=a.cutmix, switch_prob=a.mix_switch_prob)
-  if a.erase_prob:
-    x = augment.random_erase(k_erase, x, prob=a.erase_prob)
-  return x, targets
-
-
 def train_step(state: TrainState, batch, teacher_params=None, *, model, tx, config, base_rng,
                teacher_model=None):
   """One optimizer step on a global batch; returns the new state and metrics.
@@ -82,10 +57,8 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model, tx, conf
   rng, aug_rng = jax.random.split(rng)
   targets = losses.smooth_labels(
       jax.nn.one_hot(batch['label'], config.dataset.num_classes), config.loss.label_smoothing)
-  images, targets = augment_batch(aug_rng, batch['image'], targets, config)
-  base = functools.partial(losses.LOSSES[config.loss.name], **(  # name checked by preflight
-      {'binarize_threshold': config.loss.bce_target_threshold}
-      if config.loss.name == 'sigmoid_bce' else {}))
+  images, targets = augment.augment_batch(aug_rng, batch['image'], targets, config)
+  base = losses.batch_loss(config.loss)
   teacher_logits = None
   if teacher_model is not None:
     teacher_logits = jax.lax.stop_gradient(
@@ -114,12 +87,20 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model, tx, conf
 
 
 def eval_step(params, batch, *, model, config):
-  """Sums over the real (mask) examples of a padded batch."""
+  """Sums over the real (mask) examples of a padded batch.
+
+  'loss' is softmax cross-entropy on the labels for every model, BCE-trained ones
+  included, as DeiT's evaluate() computes it; 'objective' is the training loss
+  function (config.loss: label smoothing, BCE binarisation) on the unmixed labels.
+  """
   logits, _ = model.apply({'params': params}, normalize(batch['image'], config.dataset))
   labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
   onehot = jax.nn.one_hot(labels, config.dataset.num_classes)
-  nll = optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
-  return {'loss': (nll * mask).sum(), 'acc1': (losses.topk_correct(logits, labels, 1) * mask).sum(),
+  nll = losses.softmax_xent_per_example(logits, onehot)
+  objective = losses.per_example_loss(config.loss)(
+      logits, losses.smooth_labels(onehot, config.loss.label_smoothing))
+  return {'loss': (nll * mask).sum(), 'objective': (objective * mask).sum(),
+          'acc1': (losses.topk_correct(logits, labels, 1) * mask).sum(),
           'acc5': (losses.topk_correct(logits, labels, 5) * mask).sum(), 'count': mask.sum()}
 
 
@@ -193,21 +174,24 @@ class Trainer:
   def evaluate(self, params, source) -> dict:
     totals = None
     for batch in pipeline.eval_batches(source, self.config.eval_batch_size,
-                                       image_size=sources.eval_crop(self.config.dataset)):
+                                       image_size=sources.eval_crop(self.config.dataset),
+                                       crop_ratio=self.config.dataset.eval_crop_ratio):
       sums = self.eval_step(params, self.global_batch(self._local_rows(batch)))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals['count'])
     return {'val_loss': float(totals['loss']) / count,
             'val_acc1': 100.0 * float(totals['acc1']) / count,
-            'val_acc5': 100.0 * float(totals['acc5']) / count}
+            'val_acc5': 100.0 * float(totals['acc5']) / count,
+            'val_objective': float(totals['objective']) / count}
 
   def probe_batch(self, source) -> dict:
     n = self.config.probe.num_images
     n_dev = self.mesh.devices.size
     n = max(n_dev, n - n % n_dev)
     batch = next(pipeline.eval_batches(source, n, limit=n,
-                                       image_size=sources.eval_crop(self.config.dataset)))
+                                       image_size=sources.eval_crop(self.config.dataset),
+                                       crop_ratio=self.config.dataset.eval_crop_ratio))
     return self.global_batch(self._local_rows({'image': batch['image']}))['image']
 
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax import teacher
-from vit_jax import train
+from vit_jax.data import augment
 from vit_jax.data import pipeline
 from vit_jax.data import sources
 
@@ -29,7 +29,7 @@ def quick_config():
 def main():
   for name, over in SETTINGS:
     c = quick_config()
-    c.dataset.random_crop_padding = over.get('pad', 0)
+    c.dataset.update(random_crop_padding=over.get('pad', 0), crop_padding_mode='reflect')
     c.augment.update(cutmix=over.get('cutmix', 0.0), mixup=over.get('mixup', 0.0))
     model, params = teacher.load(c.teacher, c.dataset.num_classes)
     source = sources.get(c.dataset, 'train')
@@ -38,7 +38,7 @@ def main():
     for step in range(3 * (len(source) // 64)):            # three epochs of views
       b = next(batches)
       targets = jax.nn.one_hot(b['label'], c.dataset.num_classes)
-      x, targets = train.augment_batch(jax.random.key(step), jnp.asarray(b['image']), targets, c)
+      x, targets = augment.augment_batch(jax.random.key(step), jnp.asarray(b['image']), targets, c)
       logits, _ = model.apply({'params': params}, x)
       agree += int((logits.argmax(-1) == targets.argmax(-1)).sum())
       seen += len(targets)

@@ -102,7 +102,8 @@ def load_params(config, step_dir: str):
 def probe_images(config) -> np.ndarray:
   n = config.probe.num_images
   batch = next(pipeline.eval_batches(sources.get(config.dataset, 'val'), n, limit=n,
-                                     image_size=sources.eval_crop(config.dataset)))
+                                     image_size=sources.eval_crop(config.dataset),
+                                     crop_ratio=config.dataset.eval_crop_ratio))
   return batch['image'][batch['mask']]
 
 

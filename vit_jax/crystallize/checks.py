@@ -8,6 +8,12 @@ from vit_jax.crystallize import data
 from vit_jax.crystallize import small_model
 
 WEIGHT_FILES = ('flax_model.msgpack', 'model.safetensors')
+# A GPT-2 BPE tokenizer: tokenizer.json, or the vocab.json + merges.txt pair.
+TOKENIZER_FILES = (('tokenizer.json',), ('vocab.json', 'merges.txt'))
+
+
+def _has_tokenizer(exists) -> bool:
+  return any(all(exists(f) for f in files) for files in TOKENIZER_FILES)
 
 
 def _hub_config(name: str) -> str | None:
@@ -39,10 +45,18 @@ def model_shape(config, workdir: str) -> dict:
       raise FileNotFoundError(f'gpt2.weights={weights!r} has no config.json')
     if not any(os.path.isfile(os.path.join(weights, f)) for f in WEIGHT_FILES):
       raise FileNotFoundError(f'gpt2.weights={weights!r} holds none of {WEIGHT_FILES}')
+    exists = lambda f: os.path.isfile(os.path.join(weights, f))
   elif os.sep in weights or weights.startswith('.') or not (path := _hub_config(weights)):
     raise FileNotFoundError(f'gpt2.weights={weights!r} is neither a directory nor a model in '
                             f'the HF cache (nothing is downloaded); use --config.gpt2.weights=DIR '
                             f"or --config.gpt2.weights='' for the small offline model")
+  else:
+    from huggingface_hub import try_to_load_from_cache
+    exists = lambda f: isinstance(try_to_load_from_cache(weights, f), str)
+  if not _has_tokenizer(exists):
+    raise FileNotFoundError(f'gpt2.weights={weights!r} has no tokenizer (tokenizer.json, or '
+                            'vocab.json and merges.txt): the text cannot be tokenised; copy '
+                            "GPT-2's tokenizer files beside the weights")
   with open(path) as f:
     return small_model.shape_fields(json.load(f))
 
@@ -61,7 +75,7 @@ def check_text(config) -> None:
     return
   if not config.gpt2.weights:   # bytes are the tokens: the block count is exact
     data.check_block_count(size // config.seq_len, size, config.seq_len,
-                           config.study.calib_blocks, 'bytes')
+                           config.study.calib_blocks, 'bytes', config.study.calib_in_scored)
   elif size < config.seq_len:   # a BPE token spans at least one byte
     raise ValueError(f'the text has {size} bytes, shorter than one block of '
                      f'seq_len={config.seq_len} tokens')

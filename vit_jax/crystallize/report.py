@@ -9,7 +9,9 @@ def table(r: dict) -> str:
   base = r['ppl_baseline']
   rows = [f'{r["model"]}',
           f'text: {r["text"]}; {r["eval_blocks"]} blocks of {r["seq_len"]} tokens '
-          f'({r["eval_tokens"]} predicted), bases from {r["calib_blocks"]} earlier blocks',
+          f'({r["eval_tokens"]} predicted), bases from '
+          + (f'the first {r["calib_blocks"]} of them (seed 003)' if r.get('calib_in_scored')
+             else f'{r["calib_blocks"]} earlier blocks'),
           f'crystallized layers {r["layers"]} of {r["n_layer"]}, d_head {r["d_head"]}',
           '',
           f'| model | d_r | PPL | delta PPL | top-1 loss recovered |',
@@ -19,7 +21,9 @@ def table(r: dict) -> str:
           f'| B full | {r["d_head"]} | {r["ppl_full"]:.4f} | {r["full_minus_baseline"]:+.2e} | - |']
   for c in r['lowrank']:
     share = '-' if c['recovered'] is None else f'{100 * c["recovered"]:.1f}%'
-    rows.append(f'| C lowrank | {c["d_r"]} | {c["ppl"]:.4f} | {c["delta_ppl"]:+.4f} | {share} |')
+    note = ' (= full attention: d_r >= d_head)' if c.get('equals_full') else ''
+    rows.append(f'| C lowrank | {c["d_r"]}{note} | {c["ppl"]:.4f} | {c["delta_ppl"]:+.4f} | '
+                f'{share} |')
   dims = [s['effective_dim'] for s in r['spectra']]
   rows += ['', f'residual effective dimension ({r["variance_threshold"]:.0%} variance) per '
            f'(layer, head): mean {np.mean(dims):.2f}, min {min(dims)}, max {max(dims)} of '

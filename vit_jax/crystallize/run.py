@@ -35,9 +35,11 @@ def run(config, workdir: str, log=print) -> dict:
   start = time.time()
   ids = _tokens(config)
   all_blocks = data.blocks(ids, config.seq_len)
-  data.check_block_count(len(all_blocks), len(ids), config.seq_len, config.study.calib_blocks)
-  calib, evals = data.split_blocks(all_blocks, config.study.calib_blocks,
-                                   config.study.eval_blocks)
+  study_cfg = config.study
+  data.check_block_count(len(all_blocks), len(ids), config.seq_len, study_cfg.calib_blocks,
+                         calib_in_scored=study_cfg.calib_in_scored)
+  calib, evals = data.split_blocks(all_blocks, study_cfg.calib_blocks, study_cfg.eval_blocks,
+                                   study_cfg.calib_in_scored)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=1))

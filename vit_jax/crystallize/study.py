@@ -4,7 +4,8 @@ Perplexity protocol: the token stream is cut into non-overlapping blocks of
 seq_len tokens (the tail is dropped); each block is scored on its own, every
 token after the first predicted from the tokens before it in the block; PPL =
 exp(total token NLL / number of predicted tokens). The calibration blocks
-(residual spectra and bases) come before, and are disjoint from, the scored ones.
+(residual spectra and bases) come before, and are disjoint from, the scored ones,
+or (study.calib_in_scored, seed 003's protocol) are the first scored ones.
 """
 import time
 
@@ -101,20 +102,27 @@ def recovered(ppl_top1: float, ppl_c: float, ppl_base: float) -> float | None:
 
 
 def verdict(ppl_base, ppl_top1, curve, d_head, target=0.9, tolerance=0.01) -> str:
-  """How much top-1 costs, and the smallest d_r that wins back `target` of that cost."""
+  """How much top-1 costs, and the smallest d_r < d_head that wins back `target` of it.
+
+  At d_r >= d_head the projection keeps all of eps and model C is full attention by
+  construction, so such rows cannot show compressibility and are left out here.
+  """
   cost = (ppl_top1 - ppl_base) / ppl_base
   head = (f'{"crystalline" if cost <= tolerance else "not crystalline"}: top-1 attention '
           f'costs {cost:+.2%} perplexity')
   if ppl_top1 <= ppl_base:
     return head + '; there is no top-1 loss for the residual to recover'
-  good = [c for c in curve if c['recovered'] >= target]
+  below = [c for c in curve if c['d_r'] < d_head]
+  if not below:
+    return head + f'; no residual rank below the head dimension {d_head} was tested'
+  good = [c for c in below if c['recovered'] >= target]
   if good:
     c = min(good, key=lambda c: c['d_r'])
     return (head + f'; compressible residual: d_r={c["d_r"]} of {d_head} recovers '
             f'{c["recovered"]:.0%} of that loss')
-  best = max(curve, key=lambda c: c['recovered'])
-  return (head + f'; residual not compressible at the tested ranks: the best, d_r={best["d_r"]} '
-          f'of {d_head}, recovers {best["recovered"]:.0%} of that loss')
+  best = max(below, key=lambda c: c['recovered'])
+  return (head + f'; residual not compressible at the tested ranks below {d_head}: the best, '
+          f'd_r={best["d_r"]}, recovers {best["recovered"]:.0%} of that loss')
 
 
 def run_study(model, calib: np.ndarray, evals: np.ndarray, study_cfg, batch_size: int,
@@ -139,7 +147,8 @@ def run_study(model, calib: np.ndarray, evals: np.ndarray, study_cfg, batch_size
   for d_r in study_cfg.d_r:
     ppl_c = ppl_under(override.ranks_for(n_layer, layers, 'lowrank', d_r), bases)
     curve.append(dict(d_r=int(d_r), ppl=ppl_c, delta_ppl=ppl_c - ppl_base,
-                      recovered=recovered(ppl_top1, ppl_c, ppl_base)))
+                      recovered=recovered(ppl_top1, ppl_c, ppl_base),
+                      equals_full=bool(d_r >= d_head)))
     log(f'C lowrank d_r={d_r}: {ppl_c:.4f} ({time.time() - start:.0f} s)')
   depth = []
   for k in (range(1, n_layer + 1) if study_cfg.depth_sweep else ()):
@@ -150,6 +159,7 @@ def run_study(model, calib: np.ndarray, evals: np.ndarray, study_cfg, batch_size
   return dict(
       layers=list(layers), d_head=d_head, n_layer=n_layer, seq_len=int(evals.shape[1]),
       calib_blocks=int(len(calib)), eval_blocks=int(len(evals)),
+      calib_in_scored=bool(study_cfg.calib_in_scored),
       eval_tokens=int(evals.shape[0] * (evals.shape[1] - 1)),
       ppl_baseline=ppl_base, ppl_top1=ppl_top1, ppl_full=ppl_full,
       full_minus_baseline=ppl_full - ppl_base, lowrank=curve, top1_depth_sweep=depth,

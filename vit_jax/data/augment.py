@@ -1,152 +1,212 @@
-"""Batched augmentations that run on the accelerator, inside the jitted train step.
+"""The augmentation recipes, batched on the accelerator inside the jitted train step.
 
-Images are float32 in [0, 1], (B, H, W, 3); each image draws its own random
-numbers from one key per batch. The CPU side only decodes and crops.
+The CPU side decodes and crops; everything else runs here, in the sources' order:
 
-- DeiT-III 3-Augment: horizontal flip, then exactly one of grayscale /
-  solarize / gaussian blur, then ColorJitter(0.3, 0.3, 0.3).
-- Mixup / CutMix (timm semantics: one lambda per batch, the batch paired with
-  its reverse, CutMix with probability `switch_prob`, lambda corrected to the
-  pasted area) on smoothed one-hot targets.
-- Random erasing (DeiT: p 0.25, one rectangle of 2%-33% of the area, aspect
-  ratio log-uniform in [0.3, 3.3], filled with per-pixel normal noise),
-  applied after normalisation.
+1. On 8-bit values, as the sources' PIL transforms do (vit_jax/data/pil_ops.py):
+   horizontal flip; RandAugment (DeiT, seed 000); DeiT-III's 3-Augment (exactly one
+   of grayscale / solarize / Gaussian blur) and torchvision's ColorJitter, whose
+   brightness, contrast and saturation come in a random order.
+2. After ToTensor and normalisation: random erasing per image (timm's
+   RandomErasing, mode 'pixel', the last transform of DeiT's loader), then mixup /
+   cutmix over the batch (timm's Mixup, in DeiT's training loop).
 
-dm-pix supplies grayscale, solarize, blur and flip. ColorJitter is written
-here because dm-pix follows tf.image (additive brightness, per-channel
-contrast mean, HSV saturation), not torchvision, whose semantics DeiT-III uses.
+Each image draws its own numbers from one key per batch. The draws and their
+application are separate functions, so tests can give both sides the same draws.
 """
 import math
 
-import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
-GRAYSCALE, SOLARIZE, BLUR = 0, 1, 2
+from vit_jax.data import pil_ops
+from vit_jax.data import randaugment
 
-
-def grayscale(image):
-  return jnp.broadcast_to(pix.rgb_to_grayscale(image, keep_dims=True), image.shape)
-
-
-def solarize(image, threshold: float = 0.5):
-  """Invert every pixel value >= threshold (PIL ImageOps.solarize at 128/255)."""
-  return jnp.where(image >= threshold, 1.0 - image, image)
-
-
-def blur(image, sigma, kernel_size: int):
-  return pix.gaussian_blur(image, sigma, kernel_size)
+BLUR_SIGMA = (0.1, 2.0)     # DeiT-III's GaussianBlur(radius_min, radius_max)
 
 
 def normalize(images, dataset_cfg):
-  """uint8-range pixels -> float32 standardised by the data set's mean and std."""
+  """0..255 values -> float32 standardised by the data set's mean and std (ToTensor, Normalize)."""
   mean = jnp.asarray(dataset_cfg.mean, jnp.float32)
   std = jnp.asarray(dataset_cfg.std, jnp.float32)
   return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
-def _blend(image, degenerate, factor):
-  return jnp.clip(degenerate + factor * (image - degenerate), 0.0, 1.0)
+# --- 3-Augment and ColorJitter (8-bit values) --------------------------------------------
+
+def three_augment_one(key, image):
+  """DeiT-III's RandomChoice([gray_scale, Solarization, GaussianBlur]), each with p = 1."""
+  k_choice, k_sigma = jax.random.split(key)
+  sigma = jax.random.uniform(k_sigma, (), minval=BLUR_SIGMA[0], maxval=BLUR_SIGMA[1])
+  return jax.lax.switch(jax.random.randint(k_choice, (), 0, 3), [
+      pil_ops.grayscale,
+      lambda x: pil_ops.solarize(x, 128),
+      lambda x: pil_ops.gaussian_blur(x, sigma, BLUR_SIGMA[1]),
+  ], image)
 
 
-def color_jitter(key, image, strength: float):
-  """torchvision ColorJitter(b, c, s) with b = c = s = strength, in that order."""
-  kb, kc, ks = jax.random.split(key, 3)
-  factor = lambda k: jax.random.uniform(k, (), minval=1 - strength, maxval=1 + strength)
-  image = _blend(image, jnp.zeros_like(image), factor(kb))
-  mean = pix.rgb_to_grayscale(image, keep_dims=True).mean()
-  image = _blend(image, jnp.full_like(image, mean), factor(kc))
-  return _blend(image, grayscale(image), factor(ks))
+def color_jitter_draws(key, strength: float):
+  """torchvision ColorJitter(s, s, s).get_params: an order of (brightness, contrast,
+  saturation) and a factor for each, uniform in [max(0, 1 - s), 1 + s]."""
+  k_order, k_factor = jax.random.split(key)
+  order = jax.random.permutation(k_order, 3)
+  factors = jax.random.uniform(k_factor, (3,), minval=max(0.0, 1 - strength),
+                               maxval=1 + strength)
+  return order, factors
 
 
-def blur_kernel_size(image_size: int, max_sigma: float = 2.0) -> int:
-  """Odd kernel covering +-3 sigma, no larger than the image."""
-  k = 2 * math.ceil(3 * max_sigma) + 1
-  return min(k, image_size - 1 if image_size % 2 == 0 else image_size)
-
-
-def three_augment_one(key, image, *, color_jitter_strength: float, hflip: bool,
-                      pick_one: bool = True):
-  k_flip, k_choice, k_sigma, k_jitter = jax.random.split(key, 4)
-  if hflip:
-    image = jnp.where(jax.random.bernoulli(k_flip), image[:, ::-1], image)
-  if pick_one:
-    choice = jax.random.randint(k_choice, (), 0, 3)
-    sigma = jax.random.uniform(k_sigma, (), minval=0.1, maxval=2.0)
-    ksize = blur_kernel_size(image.shape[0])
-    image = jax.lax.switch(choice, [grayscale, solarize, lambda x: blur(x, sigma, ksize)], image)
-  if color_jitter_strength:
-    image = color_jitter(k_jitter, image, color_jitter_strength)
+def color_jitter_apply(image, order, factors):
+  """The three adjustments (PIL's ImageEnhance Brightness, Contrast, Color) in `order`."""
+  ops = [pil_ops.brightness, pil_ops.contrast, pil_ops.color]
+  for i in range(3):
+    image = jax.lax.switch(order[i], ops, image, factors[order[i]])
   return image
 
 
-def three_augment(key, images, *, color_jitter_strength: float = 0.3, hflip: bool = True,
-                  pick_one: bool = True):
-  """Flip, one of grayscale/solarize/blur (if pick_one), then color jitter; per image."""
-  keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(lambda k, x: three_augment_one(
-      k, x, color_jitter_strength=color_jitter_strength, hflip=hflip, pick_one=pick_one))(
-          keys, images)
+def pil_stage(key, images, a, fill=(0, 0, 0)):
+  """Flip, RandAugment, 3-Augment, ColorJitter on a batch of 8-bit values (B, H, W, 3);
+  `fill` is RandAugment's colour for pixels a geometric op brings in."""
+  k_flip, k_rand, k_three, k_jitter = jax.random.split(key, 4)
+  b = images.shape[0]
+  if a.hflip:
+    flip = jax.random.bernoulli(k_flip, 0.5, (b, 1, 1, 1))
+    images = jnp.where(flip, images[:, :, ::-1], images)
+  if a.randaugment_layers:
+    images = randaugment.rand_augment(
+        k_rand, images, policy=a.randaugment_policy, num_layers=a.randaugment_layers,
+        magnitude=a.randaugment_magnitude, magnitude_std=a.randaugment_mstd,
+        resample=a.randaugment_resample, fill=fill)
+  if a.three_augment:
+    images = jax.vmap(three_augment_one)(jax.random.split(k_three, b), images)
+  if a.color_jitter:
+    order, factors = jax.vmap(lambda k: color_jitter_draws(k, a.color_jitter))(
+        jax.random.split(k_jitter, b))
+    images = jax.vmap(color_jitter_apply)(images, order, factors)
+  return images
 
 
-def cutmix_box(key, lam, height: int, width: int):
-  """timm's rand_bbox: a box of side ratio sqrt(1 - lam), centre uniform, clipped."""
+# --- random erasing (normalised images) ----------------------------------------------------
+
+def erase_draws(key, height: int, width: int, *, prob: float, min_area: float = 0.02,
+                max_area: float = 1 / 3, min_aspect: float = 0.3, attempts: int = 10):
+  """timm RandomErasing._erase's draws: (apply, top, left, h, w) of one rectangle.
+
+  Up to `attempts` (area, aspect) draws; the first whose box fits (h < H, w < W) is
+  placed with top in [0, H - h] and left in [0, W - w], inclusive; none fitting, nothing
+  is erased.
+  """
+  k_apply, k_area, k_aspect, k_y, k_x = jax.random.split(key, 5)
+  area = jax.random.uniform(k_area, (attempts,), minval=min_area, maxval=max_area)
+  area = area * height * width
+  log_r = jax.random.uniform(k_aspect, (attempts,), minval=math.log(min_aspect),
+                             maxval=math.log(1 / min_aspect))
+  eh = jnp.round(jnp.sqrt(area * jnp.exp(log_r))).astype(jnp.int32)
+  ew = jnp.round(jnp.sqrt(area / jnp.exp(log_r))).astype(jnp.int32)
+  fits = (eh < height) & (ew < width)
+  first = jnp.argmax(fits)
+  eh, ew = eh[first], ew[first]
+  top = jax.random.randint(k_y, (), 0, height - eh + 1)
+  left = jax.random.randint(k_x, (), 0, width - ew + 1)
+  apply = jax.random.bernoulli(k_apply, prob) & fits.any()
+  return apply, top, left, eh, ew
+
+
+def erase_apply(image, noise, apply, top, left, eh, ew):
+  """Fill the rectangle with `noise` (timm mode 'pixel': per-pixel N(0, 1))."""
+  h, w, _ = image.shape
+  rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+  box = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
+  return jnp.where(apply & box[:, :, None], noise, image)
+
+
+def random_erase(key, images, *, prob: float):
+  def one(k, image):
+    k_draw, k_noise = jax.random.split(k)
+    draws = erase_draws(k_draw, image.shape[0], image.shape[1], prob=prob)
+    return erase_apply(image, jax.random.normal(k_noise, image.shape, image.dtype), *draws)
+  return jax.vmap(one)(jax.random.split(key, images.shape[0]), images)
+
+
+# --- mixup / cutmix (the batch) ----------------------------------------------------------
+
+CUTMIX_BOXES = ('exact', 'floor')
+
+
+def cutmix_box(lam, cy, cx, height: int, width: int, rounding: str = 'exact'):
+  """timm's rand_bbox around a drawn centre: sides int((H, W) * sqrt(1 - lam)), clipped.
+
+  'exact' (timm >= 1.0): cut // 2 before the centre, (cut + 1) // 2 after it, so the
+  side is the cut; 'floor' (timm 0.3-0.4, which DeiT and DeiT-III pin): cut // 2 on
+  both sides, one pixel short for an odd cut. Lambda is corrected to the pasted area
+  either way.
+  """
+  if rounding not in CUTMIX_BOXES:
+    raise ValueError(f'augment.cutmix_box={rounding!r} is not one of {CUTMIX_BOXES}')
   ratio = jnp.sqrt(1.0 - lam)
   cut_h, cut_w = (height * ratio).astype(jnp.int32), (width * ratio).astype(jnp.int32)
-  ky, kx = jax.random.split(key)
-  cy = jax.random.randint(ky, (), 0, height)
-  cx = jax.random.randint(kx, (), 0, width)
-  y0, y1 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
-  x0, x1 = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
+  after = (lambda cut: (cut + 1) // 2) if rounding == 'exact' else (lambda cut: cut // 2)
+  y0, y1 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + after(cut_h), 0, height)
+  x0, x1 = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + after(cut_w), 0, width)
   return y0, y1, x0, x1
 
 
-def mixup_cutmix(key, images, targets, *, mixup_alpha: float, cutmix_alpha: float,
-                 switch_prob: float = 0.5):
-  """Mix the batch with its reverse. Returns (images, targets, lam, used_cutmix)."""
-  k_switch, k_mix, k_cut, k_box = jax.random.split(key, 4)
+def mix_draws(key, height: int, width: int, *, mixup_alpha: float, cutmix_alpha: float,
+              switch_prob: float = 0.5, box: str = 'exact'):
+  """timm Mixup._params_per_batch and cutmix_bbox_and_lam: (use_cutmix, lam, box).
+
+  One lambda for the whole batch; with both alphas, CutMix w.p. switch_prob, its lambda
+  from Beta(cutmix_alpha), mixup's from Beta(mixup_alpha); the box centre is uniform.
+  """
+  k_switch, k_mix, k_cut, k_y, k_x = jax.random.split(key, 5)
   if mixup_alpha > 0 and cutmix_alpha > 0:
     use_cutmix = jax.random.bernoulli(k_switch, switch_prob)
   else:
     use_cutmix = jnp.asarray(cutmix_alpha > 0)
   lam_mix = jax.random.beta(k_mix, mixup_alpha, mixup_alpha) if mixup_alpha > 0 else 1.0
   lam_cut = jax.random.beta(k_cut, cutmix_alpha, cutmix_alpha) if cutmix_alpha > 0 else 1.0
+  lam = jnp.where(use_cutmix, lam_cut, lam_mix)
+  cy = jax.random.randint(k_y, (), 0, height)
+  cx = jax.random.randint(k_x, (), 0, width)
+  return use_cutmix, lam, cutmix_box(lam, cy, cx, height, width, box)
+
+
+def mix_apply(images, targets, use_cutmix, lam, box):
+  """Mix the batch with its reverse: CutMix pastes the box (lambda corrected to the pasted
+  area), mixup blends; targets are mixed with the same lambda. -> (images, targets, lam)."""
   _, h, w, _ = images.shape
-  y0, y1, x0, x1 = cutmix_box(k_box, lam_cut, h, w)
+  y0, y1, x0, x1 = box
   rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
   inside = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
-  lam_cut = 1.0 - inside.mean()
   flipped = images[::-1]
   cut = jnp.where(inside[None, :, :, None], flipped, images)
-  mixed = lam_mix * images + (1.0 - lam_mix) * flipped
-  lam = jnp.where(use_cutmix, lam_cut, lam_mix)
-  images = jnp.where(use_cutmix, cut, mixed)
-  targets = lam * targets + (1.0 - lam) * targets[::-1]
+  blended = lam * images + (1.0 - lam) * flipped
+  lam = jnp.where(use_cutmix, 1.0 - (y1 - y0) * (x1 - x0) / (h * w), lam)
+  images = jnp.where(use_cutmix, cut, blended)
+  return images, lam * targets + (1.0 - lam) * targets[::-1], lam
+
+
+def mixup_cutmix(key, images, targets, *, mixup_alpha: float, cutmix_alpha: float,
+                 switch_prob: float = 0.5, box: str = 'exact'):
+  """Returns (images, targets, lam, used_cutmix)."""
+  _, h, w, _ = images.shape
+  use_cutmix, lam, box = mix_draws(key, h, w, mixup_alpha=mixup_alpha,
+                                   cutmix_alpha=cutmix_alpha, switch_prob=switch_prob, box=box)
+  images, targets, lam = mix_apply(images, targets, use_cutmix, lam, box)
   return images, targets, lam, use_cutmix
 
 
-def random_erase_one(key, image, *, prob: float, min_area: float = 0.02,
-                     max_area: float = 1 / 3, min_aspect: float = 0.3, attempts: int = 10):
-  """One rectangle of per-pixel N(0, 1) noise with probability `prob` (timm, mode 'pixel')."""
-  h, w, _ = image.shape
-  k_apply, k_area, k_aspect, k_y, k_x, k_noise = jax.random.split(key, 6)
-  area = jax.random.uniform(k_area, (attempts,), minval=min_area, maxval=max_area) * h * w
-  log_r = jax.random.uniform(k_aspect, (attempts,), minval=math.log(min_aspect),
-                             maxval=-math.log(min_aspect))
-  eh = jnp.round(jnp.sqrt(area * jnp.exp(log_r))).astype(jnp.int32)
-  ew = jnp.round(jnp.sqrt(area / jnp.exp(log_r))).astype(jnp.int32)
-  fits = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)
-  first = jnp.argmax(fits)
-  eh, ew = eh[first], ew[first]
-  top = jax.random.randint(k_y, (), 0, jnp.maximum(h - eh, 1))
-  left = jax.random.randint(k_x, (), 0, jnp.maximum(w - ew, 1))
-  rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
-  box = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
-  apply = jax.random.bernoulli(k_apply, prob) & fits.any()
-  noise = jax.random.normal(k_noise, image.shape, image.dtype)
-  return jnp.where(apply & box[:, :, None], noise, image)
+# --- the recipe ---------------------------------------------------------------------------
 
-
-def random_erase(key, images, *, prob: float):
-  keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(lambda k, x: random_erase_one(k, x, prob=prob))(keys, images)
+def augment_batch(key, images_uint8, targets, config):
+  """uint8 crops -> augmented, normalised float32 images and (mixed) targets."""
+  a = config.augment
+  k_pil, k_erase, k_mix = jax.random.split(key, 3)
+  fill = randaugment.fill_colour(a.randaugment_policy, config.dataset.mean)
+  x = pil_stage(k_pil, images_uint8.astype(jnp.float32), a, fill)
+  x = normalize(x, config.dataset)
+  if a.erase_prob:
+    x = random_erase(k_erase, x, prob=a.erase_prob)
+  if a.mixup or a.cutmix:
+    x, targets, _, _ = mixup_cutmix(k_mix, x, targets, mixup_alpha=a.mixup,
+                                    cutmix_alpha=a.cutmix, switch_prob=a.mix_switch_prob,
+                                    box=a.cutmix_box)
+  return x, targets

@@ -12,6 +12,8 @@ from PIL import Image
 
 from vit_jax.data import samplers
 
+PADDING_MODES = ('constant', 'reflect')   # dataset.crop_padding_mode (np.pad modes)
+
 
 @dataclasses.dataclass(frozen=True)
 class _Select(grain.transforms.Map):
@@ -24,13 +26,15 @@ class _Select(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class _PadCrop(grain.transforms.RandomMap):
-  """Reflect-padded random crop back to the input size (flips happen on the device)."""
+  """Padded random crop back to the input size (torchvision RandomCrop(size, padding):
+  'constant' pads with zeros, its default; 'reflect' mirrors). Flips happen on the device."""
   padding: int
+  mode: str = 'constant'
 
   def random_map(self, item, rng: np.random.Generator):
     img = item['image']
     p = self.padding
-    padded = np.pad(img, ((p, p), (p, p), (0, 0)), mode='reflect')
+    padded = np.pad(img, ((p, p), (p, p), (0, 0)), mode=self.mode)
     y, x = rng.integers(0, 2 * p + 1, size=2)
     img = padded[y:y + img.shape[0], x:x + img.shape[1]]
     return {'image': np.ascontiguousarray(img), 'label': item['label']}
@@ -73,7 +77,8 @@ class _RandomResizedCrop(grain.transforms.RandomMap):
 
 
 def center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
-  """DeiT evaluation: shorter side to size / 0.875 (bicubic), then the central size x size."""
+  """DeiT evaluation: shorter side to int(size / crop_fraction) (bicubic), then the central
+  size x size (DeiT: 0.875; DeiT-III: --eval-crop-ratio 1.0)."""
   h, w = image.shape[:2]
   short = int(size / crop_fraction)
   nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
@@ -96,7 +101,7 @@ def train_loader(source, dataset_cfg, per_process_batch: int, seed: int) -> grai
     ops += [_Readable(), _RandomResizedCrop(dataset_cfg.image_size)]
   ops.append(_Select())
   if dataset_cfg.random_crop_padding:
-    ops.append(_PadCrop(dataset_cfg.random_crop_padding))
+    ops.append(_PadCrop(dataset_cfg.random_crop_padding, dataset_cfg.crop_padding_mode))
   ops.append(grain.transforms.Batch(per_process_batch, drop_remainder=True))
   shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
   if dataset_cfg.repeated_aug > 1:
@@ -111,17 +116,18 @@ def train_loader(source, dataset_cfg, per_process_batch: int, seed: int) -> grai
                           read_options=grain.ReadOptions(num_threads=0))
 
 
-def eval_batches(source, batch_size: int, limit: int | None = None, image_size: int | None = None):
+def eval_batches(source, batch_size: int, limit: int | None = None, image_size: int | None = None,
+                 crop_ratio: float = 0.875):
   """Fixed-order batches padded to batch_size; 'mask' marks the real examples.
 
-  With `image_size`, every image is centre-cropped to it (ImageFolder data);
-  unreadable images are left out.
+  With `image_size`, every image is centre-cropped to it (ImageFolder data) at
+  `crop_ratio`; unreadable images are left out.
   """
   n = len(source) if limit is None else min(limit, len(source))
   for start in range(0, n, batch_size):
     items = [source[i] for i in range(start, min(start + batch_size, n))]
     if image_size is not None:
-      items = [{'image': center_crop(it['image'], image_size), 'label': it['label']}
+      items = [{'image': center_crop(it['image'], image_size, crop_ratio), 'label': it['label']}
                for it in items if it['image'] is not None]
     if not items:
       continue

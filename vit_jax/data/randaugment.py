@@ -1,167 +1,192 @@
-"""RandAugment (timm's 'rand-m9-mstd0.5-inc1') for batches on the accelerator.
+"""RandAugment for batches on the accelerator, as each source defines it.
 
-Per image: `num_layers` ops drawn uniformly (with replacement) from the 15
-below, each applied with probability 1/2 at a magnitude drawn from
-N(magnitude, magnitude_std) clipped to [0, 10]. Images are float32 in [0, 1];
-pixel-level ops work on the 8-bit values PIL would see. Geometric ops use
-bilinear sampling and fill with timm's mean colour (124, 116, 104).
+`config.augment.randaugment_policy` picks the definition:
+
+- 'timm': timm's rand-m{M}-mstd{S}-inc1, the one DeiT trains with
+  (rand-m9-mstd0.5-inc1). Per image, `num_layers` ops are drawn uniformly, with
+  replacement, from the 15 'increasing' ops below; each is applied with
+  probability 1/2, at a level drawn from N(M, S) clipped to [0, 10]. Geometric
+  ops resample with DeiT's bicubic and fill with the mean colour.
+- 'torchvision': torchvision.transforms.RandAugment(num_ops, magnitude), the one
+  seed 000 trains with (RandAugment(2, 9)). Per image, `num_layers` ops are drawn
+  uniformly from 14 (identity among them) and every one is applied, at magnitude
+  bin M of 31. Geometric ops resample with nearest and fill with black.
+
+In both, a signed op is negated with probability 1/2. Both sources apply their
+ops to PIL images, so the ops here are pil_ops': 8-bit values, PIL's rounding.
 """
+import dataclasses
+import functools
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
-MAX_LEVEL = 10.0
-FILL = (124 / 255, 116 / 255, 104 / 255)  # static: map_coordinates takes a Python cval
-_GRAY = jnp.array([0.299, 0.587, 0.114], jnp.float32)
+from vit_jax.data import pil_ops
+
+POLICIES = ('timm', 'torchvision')
+TIMM_MAX_LEVEL = 10.0
+TORCHVISION_BINS = 31
 
 
-def _u8(x):
-  return jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0)
+def _geometric(op):
+  """op(image, arg, resample, fill) for the ops that resample; the others ignore both."""
+  op.geometric = True
+  return op
 
 
-def _blend(degenerate, image, factor):
-  return jnp.clip(degenerate + factor * (image - degenerate), 0.0, 1.0)
-
-
-def _gray(image):
-  return (image @ _GRAY)[..., None]
-
-
-def auto_contrast(image, level):
-  del level
-  lo = image.min(axis=(0, 1), keepdims=True)
-  hi = image.max(axis=(0, 1), keepdims=True)
-  return jnp.where(hi > lo, (image - lo) / jnp.where(hi > lo, hi - lo, 1.0), image)
-
-
-def _equalize_channel(channel):
-  """PIL ImageOps.equalize on one 8-bit channel."""
-  values = _u8(channel).astype(jnp.int32)
-  hist = jnp.bincount(values.ravel(), length=256)
-  last = jnp.max(jnp.where(hist > 0, jnp.arange(256), -1))
-  step = (hist.sum() - hist[last]) // 255
-  cum = jnp.cumsum(hist) - hist                        # pixels strictly below each value
-  lut = jnp.clip((cum + step // 2) // jnp.maximum(step, 1), 0, 255)
-  return jnp.where(step > 0, lut[values].astype(jnp.float32) / 255.0, channel)
-
-
-def equalize(image, level):
-  del level
-  return jnp.stack([_equalize_channel(image[..., c]) for c in range(3)], -1)
-
-
-def invert(image, level):
-  del level
-  return 1.0 - image
-
-
-def posterize(image, level):
-  """Increasing: keep 4 - int(level / 10 * 4) bits."""
-  shift = 8 - (4 - (level / MAX_LEVEL * 4).astype(jnp.int32))
-  v = _u8(image).astype(jnp.int32)
-  return ((v >> shift) << shift).astype(jnp.float32) / 255.0
-
-
-def solarize(image, level):
-  """Increasing: invert pixels >= 256 - int(level / 10 * 256)."""
-  threshold = 256 - (level / MAX_LEVEL * 256).astype(jnp.int32)
-  v = _u8(image)
-  return jnp.where(v >= threshold, 255.0 - v, v) / 255.0
-
-
-def solarize_add(image, level):
-  """Add int(level / 10 * 110) to pixels below 128."""
-  add = (level / MAX_LEVEL * 110).astype(jnp.int32).astype(jnp.float32)
-  v = _u8(image)
-  return jnp.where(v < 128, jnp.minimum(v + add, 255.0), v) / 255.0
-
-
-def _factor(level, sign):
-  return 1.0 + sign * level / MAX_LEVEL * 0.9        # 'Increasing' enhance ops: [0.1, 1.9]
-
-
-def color(image, level, sign):
-  return _blend(jnp.broadcast_to(_gray(image), image.shape), image, _factor(level, sign))
-
-
-def contrast(image, level, sign):
-  mean = jnp.round(_gray(_u8(image) / 255.0).mean() * 255.0) / 255.0
-  return _blend(jnp.full_like(image, mean), image, _factor(level, sign))
-
-
-def brightness(image, level, sign):
-  return _blend(jnp.zeros_like(image), image, _factor(level, sign))
-
-
-def sharpness(image, level, sign):
-  """PIL's SMOOTH filter (3x3, centre 5, sum 13) as the degenerate image; borders kept."""
-  kernel = jnp.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], jnp.float32) / 13.0
-  smooth = jax.vmap(lambda ch: jax.scipy.signal.convolve2d(ch, kernel, mode='same'), 2, 2)(image)
+@_geometric
+def rotate(image, degrees, resample, fill):
   h, w, _ = image.shape
-  rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
-  inner = (rows > 0) & (rows < h - 1) & (cols > 0) & (cols < w - 1)
-  smooth = jnp.where(inner[..., None], smooth, image)
-  return _blend(smooth, image, _factor(level, sign))
+  return pil_ops.affine(image, pil_ops.rotate_coeffs(degrees, h, w), resample, fill)
 
 
-def warp(image, matrix, offset):
-  """Output pixel p samples input at matrix @ (p - centre) + centre + offset (bilinear)."""
+@_geometric
+def shear_x(image, factor, resample, fill):
+  return pil_ops.affine(image, (1.0, factor, 0.0, 0.0, 1.0, 0.0), resample, fill)
+
+
+@_geometric
+def shear_y(image, factor, resample, fill):
+  return pil_ops.affine(image, (1.0, 0.0, 0.0, factor, 1.0, 0.0), resample, fill)
+
+
+@_geometric
+def translate_x(image, pixels, resample, fill):
+  """Output column x shows input column x + pixels (PIL's affine offset)."""
+  return pil_ops.affine(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0), resample, fill)
+
+
+@_geometric
+def translate_y(image, pixels, resample, fill):
+  return pil_ops.affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels), resample, fill)
+
+
+# --- timm: level in [0, 10] -> the op's argument (timm.data.auto_augment's level fns) -----
+
+def _timm_enhance(level, sign, h, w):
+  return jnp.maximum(0.1, 1.0 + sign * level / TIMM_MAX_LEVEL * 0.9)
+
+
+TIMM_OPS = {   # name: (op, level fn (level, sign, height, width) -> argument)
+    'AutoContrast': (pil_ops.auto_contrast, None),
+    'Equalize': (pil_ops.equalize, None),
+    'Invert': (pil_ops.invert, None),
+    'Rotate': (rotate, lambda l, s, h, w: s * l / TIMM_MAX_LEVEL * 30.0),
+    'PosterizeIncreasing': (pil_ops.posterize,
+                            lambda l, s, h, w: 4 - jnp.floor(l / TIMM_MAX_LEVEL * 4)),
+    'SolarizeIncreasing': (pil_ops.solarize, lambda l, s, h, w: 256 - jnp.minimum(
+        256.0, jnp.floor(l / TIMM_MAX_LEVEL * 256))),
+    'SolarizeAdd': (pil_ops.solarize_add, lambda l, s, h, w: jnp.minimum(
+        128.0, jnp.floor(l / TIMM_MAX_LEVEL * 110))),
+    'ColorIncreasing': (pil_ops.color, _timm_enhance),
+    'ContrastIncreasing': (pil_ops.contrast, _timm_enhance),
+    'BrightnessIncreasing': (pil_ops.brightness, _timm_enhance),
+    'SharpnessIncreasing': (pil_ops.sharpness, _timm_enhance),
+    'ShearX': (shear_x, lambda l, s, h, w: s * l / TIMM_MAX_LEVEL * 0.3),
+    'ShearY': (shear_y, lambda l, s, h, w: s * l / TIMM_MAX_LEVEL * 0.3),
+    'TranslateXRel': (translate_x, lambda l, s, h, w: s * l / TIMM_MAX_LEVEL * 0.45 * w),
+    'TranslateYRel': (translate_y, lambda l, s, h, w: s * l / TIMM_MAX_LEVEL * 0.45 * h),
+}
+
+
+# --- torchvision: magnitude bin m of 31 -> the op's argument (RandAugment._augmentation_space) --
+
+def _bin(top):
+  """linspace(0, top, 31)[m]."""
+  return lambda m: top * m / (TORCHVISION_BINS - 1)
+
+
+def _tv_enhance(m, sign, h, w):
+  return 1.0 + sign * _bin(0.9)(m)
+
+
+TORCHVISION_OPS = {
+    'Identity': (pil_ops.identity, None),
+    'ShearX': (shear_x, lambda m, s, h, w: s * _bin(0.3)(m)),
+    'ShearY': (shear_y, lambda m, s, h, w: s * _bin(0.3)(m)),
+    # translate=[int(+-t), 0] moves the content by t: the affine offset is -int(t).
+    'TranslateX': (translate_x, lambda m, s, h, w: -jnp.trunc(s * _bin(150.0 / 331.0 * w)(m))),
+    'TranslateY': (translate_y, lambda m, s, h, w: -jnp.trunc(s * _bin(150.0 / 331.0 * h)(m))),
+    'Rotate': (rotate, lambda m, s, h, w: s * _bin(30.0)(m)),
+    'Brightness': (pil_ops.brightness, _tv_enhance),
+    'Color': (pil_ops.color, _tv_enhance),
+    'Contrast': (pil_ops.contrast, _tv_enhance),
+    'Sharpness': (pil_ops.sharpness, _tv_enhance),
+    'Posterize': (pil_ops.posterize,
+                  lambda m, s, h, w: 8 - jnp.round(m / ((TORCHVISION_BINS - 1) / 4))),
+    'Solarize': (pil_ops.solarize, lambda m, s, h, w: 255.0 - _bin(255.0)(m)),
+    'AutoContrast': (pil_ops.auto_contrast, None),
+    'Equalize': (pil_ops.equalize, None),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  ops: dict
+  apply_prob: float            # each drawn op is applied with this probability
+  random_level: bool           # level ~ N(magnitude, magnitude_std) clipped to [0, 10]
+
+
+POLICY = {'timm': Policy(TIMM_OPS, 0.5, True),
+          'torchvision': Policy(TORCHVISION_OPS, 1.0, False)}
+
+
+def op_argument(policy: str, name: str, level, sign, height: int, width: int):
+  """The argument the source passes to op `name` at this level (timm) or bin (torchvision)."""
+  _, arg = POLICY[policy].ops[name]
+  return None if arg is None else arg(jnp.asarray(level, jnp.float32), sign, height, width)
+
+
+def apply_op(policy: str, name: str, image, arg, resample: str, fill):
+  """Op `name` of `policy` on an image of 8-bit values (H, W, 3), with its argument."""
+  op, _ = POLICY[policy].ops[name]
+  if getattr(op, 'geometric', False):
+    return op(image, arg, resample, fill)
+  return op(image, arg)
+
+
+def fill_colour(policy: str, mean) -> tuple:
+  """timm fills with the data set's mean colour (DeiT's img_mean), torchvision with black."""
+  if policy == 'timm':
+    return tuple(min(255, round(255 * m)) for m in mean)
+  return (0, 0, 0)
+
+
+def _branches(policy: str, height: int, width: int, resample: str, fill) -> list[Callable]:
+  return [functools.partial(
+      lambda image, level, sign, name: apply_op(
+          policy, name, image, op_argument(policy, name, level, sign, height, width),
+          resample, fill), name=name) for name in POLICY[policy].ops]
+
+
+def rand_augment_one(key, image, *, policy: str, num_layers: int, magnitude: float,
+                     magnitude_std: float, resample: str, fill):
+  """One image of 8-bit values (H, W, 3) -> the same after `num_layers` drawn ops."""
+  p = POLICY[policy]
   h, w, _ = image.shape
-  centre = jnp.array([(h - 1) / 2, (w - 1) / 2])
-  grid = jnp.stack(jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing='ij'), -1)
-  src = (grid - centre) @ matrix.T + centre + offset          # (h, w, 2) as (y, x)
-  sample = lambda ch, fill: jax.scipy.ndimage.map_coordinates(
-      ch, [src[..., 0], src[..., 1]], order=1, mode='constant', cval=fill)
-  return jnp.stack([sample(image[..., c], FILL[c]) for c in range(3)], -1)
-
-
-def rotate(image, level, sign):
-  theta = jnp.deg2rad(sign * level / MAX_LEVEL * 30.0)
-  c, s = jnp.cos(theta), jnp.sin(theta)
-  return warp(image, jnp.array([[c, -s], [s, c]]), jnp.zeros(2))
-
-
-def shear_x(image, level, sign):
-  return warp(image, jnp.array([[1.0, 0.0], [sign * level / MAX_LEVEL * 0.3, 1.0]]), jnp.zeros(2))
-
-
-def shear_y(image, level, sign):
-  return warp(image, jnp.array([[1.0, sign * level / MAX_LEVEL * 0.3], [0.0, 1.0]]), jnp.zeros(2))
-
-
-def translate_x(image, level, sign):
-  shift = sign * level / MAX_LEVEL * 0.45 * image.shape[1]
-  return warp(image, jnp.eye(2), jnp.array([0.0, shift]))
-
-
-def translate_y(image, level, sign):
-  shift = sign * level / MAX_LEVEL * 0.45 * image.shape[0]
-  return warp(image, jnp.eye(2), jnp.array([shift, 0.0]))
-
-
-_UNSIGNED = [auto_contrast, equalize, invert, posterize, solarize, solarize_add]
-_SIGNED = [color, contrast, brightness, sharpness, rotate, shear_x, shear_y, translate_x,
-           translate_y]
-OPS = [f.__name__ for f in _UNSIGNED + _SIGNED]
-
-
-def apply_op(index, image, level, sign):
-  branches = ([lambda x, l, s, f=f: f(x, l) for f in _UNSIGNED] +
-              [lambda x, l, s, f=f: f(x, l, s) for f in _SIGNED])
-  return jax.lax.switch(index, branches, image, level, sign)
-
-
-def rand_augment_one(key, image, *, num_layers: int, magnitude: float, magnitude_std: float):
+  branches = _branches(policy, h, w, resample, fill)
   for k in jax.random.split(key, num_layers):
     k_op, k_apply, k_level, k_sign = jax.random.split(k, 4)
-    index = jax.random.randint(k_op, (), 0, len(OPS))
-    level = jnp.clip(magnitude + magnitude_std * jax.random.normal(k_level), 0.0, MAX_LEVEL)
+    index = jax.random.randint(k_op, (), 0, len(branches))
+    level = jnp.float32(magnitude)
+    if p.random_level:
+      if magnitude_std > 0:
+        level = level + magnitude_std * jax.random.normal(k_level)
+      level = jnp.clip(level, 0.0, TIMM_MAX_LEVEL)
     sign = jnp.where(jax.random.bernoulli(k_sign), 1.0, -1.0)
-    image = jnp.where(jax.random.bernoulli(k_apply), apply_op(index, image, level, sign), image)
+    new = jax.lax.switch(index, branches, image, level, sign)
+    image = new if p.apply_prob >= 1.0 else jnp.where(
+        jax.random.bernoulli(k_apply, p.apply_prob), new, image)
   return image
 
 
-def rand_augment(key, images, *, num_layers: int = 2, magnitude: float = 9.0,
-                 magnitude_std: float = 0.5):
+def rand_augment(key, images, *, policy: str = 'timm', num_layers: int = 2,
+                 magnitude: float = 9.0, magnitude_std: float = 0.5,
+                 resample: str = 'bicubic', fill=(124, 116, 104)):
+  """A batch of 8-bit values (B, H, W, 3), each image with its own draws."""
   keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(lambda k, x: rand_augment_one(
-      k, x, num_layers=num_layers, magnitude=magnitude, magnitude_std=magnitude_std))(keys, images)
+  one = functools.partial(rand_augment_one, policy=policy, num_layers=num_layers,
+                          magnitude=magnitude, magnitude_std=magnitude_std,
+                          resample=resample, fill=fill)
+  return jax.vmap(one)(keys, images)

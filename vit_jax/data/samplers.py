@@ -15,12 +15,15 @@ class RepeatedAugSampler:
   """grain Sampler: position k of process r is global position r + k * P."""
 
   def __init__(self, num_records: int, repeats: int, seed: int,
-               shard_options: grain.sharding.ShardOptions):
+               shard_options: grain.sharding.ShardOptions, permutation=None):
+    """permutation(epoch) -> the epoch's shuffled record keys; by default seeded by
+    (seed, epoch). (timm's sampler draws torch.randperm(generator seeded by epoch).)"""
     if repeats < 1:
       raise ValueError(f'dataset.repeated_aug={repeats} must be >= 1')
     self._num_records, self._repeats, self._seed = num_records, repeats, seed
     self._shard_options = shard_options
     self._per_process = num_records // shard_options.shard_count
+    self._permutation = permutation
     self._perm_cache: dict[int, np.ndarray] = {}
 
   def __len__(self):
@@ -32,8 +35,9 @@ class RepeatedAugSampler:
 
   def _perm(self, epoch: int) -> np.ndarray:
     if epoch not in self._perm_cache:
-      self._perm_cache = {epoch: np.random.default_rng([self._seed, epoch]).permutation(
-          self._num_records)}
+      perm = (self._permutation(epoch) if self._permutation else
+              np.random.default_rng([self._seed, epoch]).permutation(self._num_records))
+      self._perm_cache = {epoch: np.asarray(perm)}
     return self._perm_cache[epoch]
 
   def __getitem__(self, index: int) -> grain.RecordMetadata:

@@ -89,8 +89,12 @@ def _torch_key(layout: str, path: str) -> tuple[str, Callable]:
   raise ValueError(f'parameter {path} has no counterpart in the {layout!r} layout')
 
 
-def from_torch(state_dict: Mapping[str, object], model, layout: str = 'timm') -> dict:
-  """A torch state dict (tensors or arrays) -> float32 params for `model` (a ViT)."""
+def from_torch(state_dict: Mapping[str, object], model, layout: str = 'timm',
+               dtype=np.float32) -> dict:
+  """A torch state dict (tensors or arrays) -> params for `model` (a ViT), as `dtype`.
+
+  Gradients convert the same way (the tests give torch's and ours the same ones).
+  """
   if layout not in LAYOUTS:
     raise ValueError(f'layout={layout!r} is not one of {tuple(LAYOUTS)}')
   arrays = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, 'detach') else v)
@@ -102,7 +106,7 @@ def from_torch(state_dict: Mapping[str, object], model, layout: str = 'timm') ->
     if key not in arrays:
       raise ValueError(f'the {layout} state dict has no {key!r} for parameter {path} '
                        f'{tuple(leaf.shape)}')
-    value = fn(arrays[key]).astype(np.float32)
+    value = fn(arrays[key]).astype(dtype)
     if value.shape != leaf.shape:
       raise ValueError(f'{key} of shape {tuple(arrays[key].shape)} does not fit parameter '
                        f'{path} of shape {tuple(leaf.shape)}')

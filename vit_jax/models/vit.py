@@ -285,7 +285,8 @@ class ViT(nn.Module):
       x, aux = Block(self.num_heads, self.mlp_ratio, self.qkv_bias, self.gate,
                      self.layerscale_init, rate, self.dropout_rate,
                      self.attention_dropout_rate, self.layer_norm_eps, self.dtype,
-                     self.attention_impl, inits['qkv'], name=f'block_{i}')(x, deterministic, capture)
+                     self.attention_impl, inits['qkv'],
+                     name=f'block_{i}')(x, deterministic, capture)
       if capture:
         out['blocks'].append(x)
         out['attn'].append(aux['attn'])
