@@ -157,6 +157,7 @@ def test_schedule_per_update_equals_timm_step_update():
   np.testing.assert_allclose(_ours(cfg), want, rtol=1e-6, atol=1e-10)   # float32
 
 
+@pytest.mark.filterwarnings('ignore:Detected call of `lr_scheduler.step()` before')
 def test_schedule_equals_seed000s_cosine_annealing():
   c = config_lib.load('deit_cifar100')
   opt = _torch_opt(c.optim.lr)
