@@ -93,7 +93,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter):
     try:
       return step, restore(mngr, step, abstract_state, data_iter)
     except Exception as e:  # any decoding or I/O error of this step
-      older = [s for s in mngr.all_steps() if s < step]
+      older = [s for s in steps if s < step]
       print(f'warning: checkpoint step {step} in {mngr.directory} is unreadable '
             f'({_reason(e)}); falling back to ' + (f'step {max(older)}' if older else 'none'),
             file=sys.stderr, flush=True)
@@ -105,13 +105,20 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter):
 
 
 def _set_aside(mngr: ocp.CheckpointManager, step: int) -> None:
+  """Rename an unreadable step to STEP.unreadable; a step that vanished or cannot be
+  renamed meanwhile is left as it is, with a warning (the older steps are tried next)."""
   path = os.path.join(str(mngr.directory), str(step))
   if jax.process_index() == 0:
     aside = path + '.unreadable'
     while os.path.exists(aside):
       aside += '_'
-    os.replace(path, aside)
-  multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
+    try:
+      os.rename(path, aside)
+    except OSError as e:
+      print(f'warning: could not set checkpoint step {step} aside ({e.strerror}: {path}); '
+            'leaving it where it is', file=sys.stderr, flush=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
   mngr.reload()
 
 
