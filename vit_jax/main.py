@@ -97,7 +97,7 @@ def dispatch(config):
     from vit_jax import train
     try:
       train.train_and_evaluate(config, FLAGS.workdir)
-    except (FloatingPointError, OSError) as e:
+    except (FloatingPointError, OSError, ValueError) as e:
       sys.exit(f'error: {e}')
     except train.Preempted as e:
       print(e, file=sys.stderr, flush=True)

@@ -182,4 +182,12 @@ def check_resume(config, workdir: str, model) -> None:
       raise ValueError(f'workdir {workdir!r} holds a checkpoint of a different model '
                        f'({os.path.relpath(folder, workdir)} step {step}): {mismatch}; '
                        'use a new --workdir')
+    saved = checkpoint.saved_data_state(os.path.join(folder, str(step)))
+    current = dict(global_batch=config.batch_size, seed=config.seed,
+                   repeats=config.dataset.repeated_aug, num_records=(saved or {}).get(
+                       'num_records'))     # counted when the run restores
+    mismatch = checkpoint.data_mismatch(saved, current)
+    if mismatch:
+      raise ValueError(f'workdir {workdir!r} cannot resume exactly: {mismatch}; use the same '
+                       'setting or a new --workdir')
     return
