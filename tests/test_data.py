@@ -27,18 +27,57 @@ def test_digits_fixed_disjoint_split():
   assert (img[::2, ::2] == img[1::2, 1::2]).all() and (img[..., 0] == img[..., 2]).all()
 
 
-def test_train_loader_batches_and_reshuffles():
+def _cfg(**kw):
+  return ml_collections.ConfigDict(dict(name='digits', random_crop_padding=2,
+                                        crop_padding_mode='reflect', repeated_aug=1) | kw)
+
+
+def test_train_stream_batches_and_reshuffles():
   src = sources.digits('train', 8)
-  cfg = ml_collections.ConfigDict(dict(name='digits', random_crop_padding=2,
-                                       crop_padding_mode='reflect', workers=0, repeated_aug=1))
-  it = iter(pipeline.train_loader(src, cfg, per_process_batch=100, seed=3))
+  it = pipeline.TrainStream(src, _cfg(), 100, seed=3).batches(0)
   batches = [next(it) for _ in range(30)]          # 2 epochs of 15 batches
   assert batches[0]['image'].shape == (100, 8, 8, 3) and batches[0]['label'].dtype == np.int32
   first, second = (np.concatenate([b['label'] for b in batches[i:i + 15]]) for i in (0, 15))
   np.testing.assert_array_equal(np.sort(first), np.sort(src.labels))  # each image once per epoch
   assert not np.array_equal(first, second)                            # new order each epoch
-  again = next(iter(pipeline.train_loader(src, cfg, per_process_batch=100, seed=3)))
+  again = next(pipeline.TrainStream(src, _cfg(), 100, seed=3).batches(0))
   np.testing.assert_array_equal(again['image'], batches[0]['image'])  # seeded
+
+
+def test_stream_is_the_same_for_any_worker_count_and_resumes_at_any_step():
+  """The order and crops are functions of (seed, step): 0, 2 and 3 loader workers give the
+  same batches, and a stream started at step k gives batch k on."""
+  src = sources.digits('train', 8)
+  stream = pipeline.TrainStream(src, _cfg(), 50, seed=7)
+  ref = stream.batches(0)
+  expected = [next(ref) for _ in range(36)]                 # 1.2 epochs
+  labels = np.concatenate([b['label'] for b in expected[:30]])
+  np.testing.assert_array_equal(np.sort(labels), np.sort(src.labels))   # each image once
+  for workers in (2, 3):
+    it = stream.batches(0, workers)
+    for want in expected[:8]:
+      got = next(it)
+      np.testing.assert_array_equal(got['image'], want['image'])
+      np.testing.assert_array_equal(got['label'], want['label'])
+  resumed = stream.batches(28, workers=2)                   # across the epoch boundary
+  for want in expected[28:36]:
+    np.testing.assert_array_equal(next(resumed)['image'], want['image'])
+
+
+@pytest.mark.parametrize('repeats', [1, 3])
+def test_processes_read_their_rows_of_the_one_process_batches(repeats):
+  """Every process's rows, crops included, are the rows of the batch one process reads."""
+  src = sources.digits('train', 8)
+  cfg = _cfg(repeated_aug=repeats)
+  one = pipeline.TrainStream(src, cfg, 24, seed=5, process_index=0, process_count=1)
+  parts = [pipeline.TrainStream(src, cfg, 24, seed=5, process_index=r, process_count=4)
+           for r in range(4)]
+  for step in (0, 7, 80):                                   # 62 steps per epoch
+    whole = one.load(step)
+    for r, part in enumerate(parts):
+      got = part.load(step)
+      np.testing.assert_array_equal(got['image'], whole['image'][part.rows])
+      np.testing.assert_array_equal(got['label'], whole['label'][part.rows])
 
 
 def test_eval_batches_pad_and_mask():
@@ -60,23 +99,3 @@ def test_unprepared_tfds_dataset_is_one_line_with_the_command(tmp_path):
 def test_digits_image_size_must_be_multiple_of_8():
   with pytest.raises(ValueError, match='dataset.image_size=12 for digits must be a multiple of 8'):
     sources.digits('train', 12)
-
-
-def test_worker_processes_are_deterministic_and_resumable():
-  src = sources.digits('train', 8)
-  cfg = ml_collections.ConfigDict(dict(name='digits', random_crop_padding=2,
-                                       crop_padding_mode='reflect', workers=2,
-                                       repeated_aug=1))
-  ref = iter(pipeline.train_loader(src, cfg, per_process_batch=50, seed=7))
-  expected = [next(ref) for _ in range(36)]                 # 1.2 epochs
-  labels = np.concatenate([b['label'] for b in expected[:30]])
-  np.testing.assert_array_equal(np.sort(labels), np.sort(src.labels))   # each image once
-  it = iter(pipeline.train_loader(src, cfg, per_process_batch=50, seed=7))
-  for want in expected[:3]:
-    np.testing.assert_array_equal(next(it)['image'], want['image'])
-  resumed = iter(pipeline.train_loader(src, cfg, per_process_batch=50, seed=7))
-  resumed.set_state(it.get_state())
-  for want in expected[3:8]:
-    got = next(resumed)
-    np.testing.assert_array_equal(got['image'], want['image'])
-    np.testing.assert_array_equal(got['label'], want['label'])

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-import grain
+import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO, run_main
@@ -166,18 +166,20 @@ def test_unwritable_workdir_is_one_line_before_any_work(read_only_dir):
 def test_full_disk_at_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
   workdir = str(tmp_path)
   train.train_and_evaluate(tiny_run.config(), workdir, stop_after_epoch=1)
-  real_save = grain.checkpoint.CheckpointHandler.save
+  handler = ocp.handlers.JsonCheckpointHandler       # writes the data item of every step
+  real_save = handler.async_save
 
   def full_disk(self, directory, *args, **kwargs):
-    (directory / 'process_0-of-1.json').write_text('{"half')
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / 'metadata').write_text('{"half')
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-  monkeypatch.setattr(grain.checkpoint.CheckpointHandler, 'save', full_disk)
+  monkeypatch.setattr(handler, 'async_save', full_disk)
   with pytest.raises(OSError, match=r'could not write checkpoint step 2 .*No space left on device'
                      r'.*step 1 in .* is intact'):
     train.train_and_evaluate(tiny_run.config(), workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1', checkpoint.PREEMPTED]
 
-  monkeypatch.setattr(grain.checkpoint.CheckpointHandler, 'save', real_save)
+  monkeypatch.setattr(handler, 'async_save', real_save)
   train.train_and_evaluate(tiny_run.config(), workdir)   # the disk has room again
   tiny_run.assert_same_metrics(tiny_run.rows(workdir))

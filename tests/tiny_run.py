@@ -12,8 +12,10 @@ from vit_jax.data import sources
 
 # configs/vanilla.py:quick shrunk to two blocks; batch 4 gives 375 steps per epoch,
 # long enough to be interrupted mid-epoch. Every epoch's checkpoint is kept.
+# No warmup: with the quick config's two warmup epochs (and DeiT's one-epoch lag) both
+# epochs would train at warmup_lr 1e-6, and a resume that skipped steps could not show.
 OVERRIDES = {'model.depth': 2, 'model.width': 64, 'model.num_heads': 4, 'batch_size': 4,
-             'checkpoint_every_epochs': 1, 'total_epochs': 2}
+             'checkpoint_every_epochs': 1, 'total_epochs': 2, 'optim.warmup_epochs': 0.0}
 STEPS_PER_EPOCH = len(sources.digits('train', 16)) // OVERRIDES['batch_size']
 # Compiled steps are cached on disk between the runs of a session (and its subprocesses).
 XLA_CACHE = os.path.join(tempfile.gettempdir(), 'vit_jax_tests_xla_cache')

@@ -76,13 +76,14 @@ def bench_shape(config, steps: int) -> dict:
   trainer = train.Trainer(config)
   state = trainer.setup(steps_per_epoch=100)
   src = sources.get(config.dataset, 'train')
-  loader = pipeline.train_loader(src, config.dataset, config.batch_size, seed=0)
-  it = iter(loader)
+  it = pipeline.TrainStream(src, config.dataset, config.batch_size, seed=0).batches(
+      0, config.dataset.workers)
   cpu_s = _time(lambda: next(it), steps * 4)
   augment_fn = jax.jit(lambda k, x, y: augment.augment_batch(k, x, jax.nn.one_hot(y, config.dataset.num_classes), config))
 
   def data_batch():
     batch = next(it)
+    del batch['unreadable']
     x, _ = augment_fn(jax.random.key(0), batch['image'], batch['label'])
     jax.block_until_ready(x)
     return batch
@@ -104,6 +105,32 @@ def bench_shape(config, steps: int) -> dict:
           'train_step_images_per_s': train_ips, 'ratio': data_ips / train_ips}
 
 
+def bench_checkpoint(config, saves: int = 3) -> dict:
+  """Seconds one epoch checkpoint holds up the train loop (median of `saves`), written
+  synchronously and in the background (orbax async, the default); each write is let to
+  finish, outside the timing, before the next."""
+  import statistics
+  from vit_jax import checkpoint
+  from vit_jax import models
+  from vit_jax import train
+  trainer = train.Trainer(config)
+  state = trainer.setup(steps_per_epoch=1)
+  out = {'params': models.count_params(state.params),
+         'state_mb': sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20}
+  for mode in ('sync', 'async'):
+    with tempfile.TemporaryDirectory() as workdir:
+      mngr = checkpoint.manager(workdir, 1, async_save=mode == 'async')
+      blocked = []
+      for step in range(1, saves + 1):
+        t0 = time.perf_counter()
+        checkpoint.save(mngr, step, state, {'seed': 0}, {'val_acc1': float(step)}, wait=False)
+        blocked.append(time.perf_counter() - t0)
+        checkpoint.finish(mngr)
+      mngr.close()
+    out[f'{mode}_blocked_s'] = statistics.median(blocked)
+  return out
+
+
 def _report(name: str, r: dict) -> None:
   print(f"{name}: CPU loader {r['cpu_loader_images_per_s']:.0f} img/s, full pipeline "
         f"{r['pipeline_images_per_s']:.0f} img/s, train step {r['train_step_images_per_s']:.1f} "
@@ -111,13 +138,22 @@ def _report(name: str, r: dict) -> None:
 
 
 def main(argv):
-  if argv[1:] not in (['data'], ['model']):
-    sys.exit(f'error: unknown benchmark {argv[1:]}; available: data, model')
+  if argv[1:] not in (['data'], ['model'], ['checkpoint']):
+    sys.exit(f'error: unknown benchmark {argv[1:]}; available: data, model, checkpoint')
   logging.set_verbosity(logging.WARNING)
   if argv[1] == 'model':
     _write(bench_model.run(save=_write))
     return
   from vit_jax import config_lib
+  if argv[1] == 'checkpoint':
+    results = {}
+    for name, arg in (('vanilla_quick', 'quick'), ('vit_s16_224', '')):
+      results[name] = r = bench_checkpoint(config_lib.load('vanilla', arg))
+      print(f"{name}: {r['params']:,} parameters, train state {r['state_mb']:.1f} MiB: the "
+            f"loop waits {r['sync_blocked_s']:.3f} s per checkpoint written synchronously, "
+            f"{r['async_blocked_s']:.3f} s in the background", flush=True)
+    _write(results)
+    return
   results = {'device': str(jax.devices()[0].device_kind), 'cpu_count': os.cpu_count(),
              'workers': _WORKERS.value}
   with tempfile.TemporaryDirectory() as tmp:

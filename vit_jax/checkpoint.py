@@ -1,22 +1,30 @@
-"""orbax checkpoints in workdir/checkpoints: train state + grain iterator state.
+"""orbax checkpoints in workdir/checkpoints: train state + what fixes the data order.
+
+The data item is samplers.BatchOrder.state() (record count, global batch, seed,
+repeats): with the train state's step it says exactly where the data stream
+resumes, whatever the number of processes or loader workers.
 
 Kept: the latest, every `every_epochs`-th epoch, and the best by val_acc1.
 Steps are epoch numbers, so the latest step is the last finished epoch.
 """
 import contextlib
+import json
 import os
 import shutil
 import sys
 
 from absl import logging
-import grain
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from vit_jax import faults
 
-def manager(workdir: str, every_epochs: int) -> ocp.CheckpointManager:
+
+def manager(workdir: str, every_epochs: int, async_save: bool = True) -> ocp.CheckpointManager:
+  """Epoch checkpoints. With async_save, save() returns once the arrays are copied off the
+  devices and the files are written in the background while training goes on."""
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(1),
       pp.EveryNSteps(every_epochs),
@@ -24,41 +32,64 @@ def manager(workdir: str, every_epochs: int) -> ocp.CheckpointManager:
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy,
                                          best_fn=lambda m: m['val_acc1'], best_mode='max',
-                                         enable_async_checkpointing=False)
+                                         enable_async_checkpointing=async_save,
+                                         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
                                options=options, item_names=('state', 'data'))
 
 
 def preempt_manager(workdir: str) -> ocp.CheckpointManager:
-  """checkpoints/preempted: one mid-epoch checkpoint, written on SIGTERM; steps are train steps."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+  """checkpoints/preempted: one mid-epoch checkpoint, written on SIGTERM; steps are train
+  steps. Its saves are waited for (the process exits right after)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True,
+                                         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, 'checkpoints', PREEMPTED)), options=options,
       item_names=('state', 'data', 'progress'))
 
 
 PREEMPTED = 'preempted'
+_IN_FLIGHT: dict[int, tuple] = {}   # id(manager) -> (step, the step before it) being written
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, metrics: dict | None = None,
-         progress: dict | None = None) -> None:
-  """Write one step; a failed write (a full disk) raises OSError naming what is still intact."""
-  items = dict(state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter))
+def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
+         metrics: dict | None = None, progress: dict | None = None, wait: bool = True,
+         fault: str = 'epoch_checkpoint') -> None:
+  """Write one step (in the background unless `wait`). A failed write (a full disk) raises
+  OSError naming what is still intact, here or at the next save() / finish()."""
+  finish(mngr)
+  items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
   if progress is not None:
     items['progress'] = ocp.args.JsonSave(progress)
-  previous = mngr.latest_step()
+  _IN_FLIGHT[id(mngr)] = (step, mngr.latest_step())
   try:
     mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics)
-    mngr.wait_until_finished()
   except Exception as e:  # orbax and tensorstore wrap OSError in their own types
-    if jax.process_index() == 0:   # free what the half-written step took
-      for name in os.listdir(mngr.directory):
-        if name.startswith(f'{step}.orbax-checkpoint-tmp'):
-          shutil.rmtree(os.path.join(mngr.directory, name), ignore_errors=True)
-    kept = f'step {previous} in {mngr.directory} is intact' if previous is not None else (
-        f'no earlier checkpoint in {mngr.directory}')
-    raise OSError(f'could not write checkpoint step {step} to {mngr.directory} '
-                  f'({_reason(e)}); {kept}') from e
+    _failed(mngr, e)
+  faults.point(fault)
+  if wait:
+    finish(mngr)
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+  """Wait for the manager's save in flight, if any."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:
+    _failed(mngr, e)
+  _IN_FLIGHT.pop(id(mngr), None)
+
+
+def _failed(mngr: ocp.CheckpointManager, e: BaseException):
+  step, previous = _IN_FLIGHT.pop(id(mngr), (None, mngr.latest_step()))
+  if jax.process_index() == 0:   # free what the half-written step took
+    for name in os.listdir(mngr.directory):
+      if name.startswith(f'{step}.orbax-checkpoint-tmp'):
+        shutil.rmtree(os.path.join(mngr.directory, name), ignore_errors=True)
+  kept = f'step {previous} in {mngr.directory} is intact' if previous is not None else (
+      f'no earlier checkpoint in {mngr.directory}')
+  raise OSError(f'could not write checkpoint step {step} to {mngr.directory} '
+                f'({_reason(e)}); {kept}') from e
 
 
 def _reason(e: BaseException) -> str:
@@ -70,19 +101,42 @@ def _reason(e: BaseException) -> str:
   return f'{type(e).__name__}: {text[:200]}'
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iter,
-            with_progress: bool = False):
-  """Restore `step` into the shapes/shardings of abstract_state; data_iter is set in place."""
-  items = dict(state=ocp.args.StandardRestore(abstract_state),
-               data=grain.checkpoint.CheckpointRestore(data_iter))
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, with_progress: bool = False):
+  """(state, data_state[, progress]) of `step`, the state in abstract_state's shapes and
+  shardings (any device count)."""
+  items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
   if with_progress:
     items['progress'] = ocp.args.JsonRestore()
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
-  return (restored['state'], restored['progress']) if with_progress else restored['state']
+  out = (restored['state'], dict(restored['data']))
+  return out + (restored['progress'],) if with_progress else out
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter):
-  """(step, state) of the newest checkpoint that reads back; (0, None) if there is none.
+def saved_data_state(step_dir: str) -> dict | None:
+  """The data item of one step directory, read without orbax (None if it has none)."""
+  path = os.path.join(step_dir, 'data', 'metadata')
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def data_mismatch(saved: dict | None, current: dict) -> str | None:
+  """One line naming the first setting of the data order that differs, or None."""
+  if saved is None:
+    return None
+  names = dict(global_batch='batch_size', seed='seed', repeats='dataset.repeated_aug',
+               num_records='the number of training records')
+  for key, name in names.items():
+    if key in saved and saved[key] != current[key]:
+      return (f'{name} is {current[key]} here but {saved[key]} in the checkpoint, and the data '
+              'order depends on it')
+  return None
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
+  """(step, state, data_state) of the newest checkpoint that reads back; (0, None, None)
+  if there is none.
 
   An unreadable step (a truncated or half-copied file) gets one warning line and
   is renamed to STEP.unreadable, so that the run falls back to the step before
@@ -91,9 +145,9 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter):
   steps = sorted(mngr.all_steps(), reverse=True)
   for step in steps:
     try:
-      return step, restore(mngr, step, abstract_state, data_iter)
+      return (step,) + restore(mngr, step, abstract_state)
     except Exception as e:  # any decoding or I/O error of this step
-      older = [s for s in mngr.all_steps() if s < step]
+      older = [s for s in steps if s < step]
       print(f'warning: checkpoint step {step} in {mngr.directory} is unreadable '
             f'({_reason(e)}); falling back to ' + (f'step {max(older)}' if older else 'none'),
             file=sys.stderr, flush=True)
@@ -101,17 +155,24 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter):
   if steps:
     raise OSError(f'no checkpoint in {mngr.directory} reads back; move the folder away to '
                   'start afresh')
-  return 0, None
+  return 0, None, None
 
 
 def _set_aside(mngr: ocp.CheckpointManager, step: int) -> None:
+  """Rename an unreadable step to STEP.unreadable; a step that vanished or cannot be
+  renamed meanwhile is left as it is, with a warning (the older steps are tried next)."""
   path = os.path.join(str(mngr.directory), str(step))
   if jax.process_index() == 0:
     aside = path + '.unreadable'
     while os.path.exists(aside):
       aside += '_'
-    os.replace(path, aside)
-  multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
+    try:
+      os.rename(path, aside)
+    except OSError as e:
+      print(f'warning: could not set checkpoint step {step} aside ({e.strerror}: {path}); '
+            'leaving it where it is', file=sys.stderr, flush=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
   mngr.reload()
 
 
@@ -141,6 +202,21 @@ def saved_steps(folder: str) -> list[int]:
     return []
   return sorted(int(d) for d in os.listdir(folder)
                 if d.isdigit() and os.path.isdir(os.path.join(folder, d, 'state')))
+
+
+def best_step(folder: str) -> int | None:
+  """The saved step with the highest val_acc1 (the later among equals), else the latest;
+  read from the files, so that a run writing there meanwhile is not disturbed."""
+  steps, scored = saved_steps(folder), []
+  for step in steps:
+    try:
+      with open(os.path.join(folder, str(step), 'metrics', 'metrics')) as f:
+        scored.append((float(json.load(f)['val_acc1']), step))
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+  if scored:
+    return max(scored)[1]
+  return steps[-1] if steps else None
 
 
 def param_mismatch(step_dir: str, abstract_params) -> str | None:

@@ -45,6 +45,13 @@ def base() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.dtype = 'float32'               # compute dtype; params stay float32
   c.checkpoint_every_epochs = 25    # kept for good; the latest is always kept too
+  c.checkpoint_async = True         # epoch checkpoints written while the next epoch trains
+  # The host waits for a step's loss once this many later steps are queued: a SIGTERM is
+  # acted on within about that many steps (more would only let the host run further ahead).
+  c.steps_in_flight = 2
+  # workdir/run.lock: a run on another host that has not renewed its lease for lease_s
+  # seconds counts as gone (vit_jax/runlock.py); the owner renews it every renew_s.
+  c.run_lock = ml_collections.ConfigDict(dict(lease_s=300.0, renew_s=60.0))
 
   # Multi-process runs (vit_jax/distributed.py). All empty: a SLURM or Open MPI
   # job is detected from its environment, anything else is one process.

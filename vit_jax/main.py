@@ -16,6 +16,7 @@ from ml_collections import config_flags
 from vit_jax import config_lib
 from vit_jax import distributed
 from vit_jax import preflight
+from vit_jax import runlock
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].', lock_config=True)
@@ -66,14 +67,37 @@ def main(argv):
       distributed.check(config.distributed)
       distributed.initialize(config.distributed)   # before any other JAX call
     preflight.check(config, FLAGS.workdir)
+    lock = take_lock(config, FLAGS.workdir)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   logging.info('JAX devices: %s', jax.devices())
+  try:
+    dispatch(config)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def take_lock(config, workdir: str):
+  """The workdir's run lock, taken once per job (by process 0) after every process has
+  passed preflight (which refuses a workdir a live run holds); None for the analysis,
+  which only reads a workdir and may run beside its training."""
+  if config.trainer not in preflight.LOCKING_TRAINERS:
+    return None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('preflight passed')
+  if jax.process_index() != 0:
+    return None
+  return runlock.RunLock(workdir, **preflight.lock_settings(config)).acquire()
+
+
+def dispatch(config):
   if config.trainer == 'train':
     from vit_jax import train
     try:
       train.train_and_evaluate(config, FLAGS.workdir)
-    except (FloatingPointError, OSError) as e:
+    except (FloatingPointError, OSError, ValueError) as e:
       sys.exit(f'error: {e}')
     except train.Preempted as e:
       print(e, file=sys.stderr, flush=True)

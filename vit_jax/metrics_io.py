@@ -2,6 +2,8 @@
 import csv
 import os
 
+from vit_jax import faults
+
 # val_loss: softmax cross-entropy on the labels for every model (DeiT's evaluate());
 # val_objective: the training loss function on the unmixed validation labels.
 COLUMNS = ('epoch', 'train_loss', 'val_loss', 'val_acc1', 'val_acc5', 'lr',
@@ -22,6 +24,7 @@ def write(path: str, rows: list[dict]) -> None:
     w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
     w.writeheader()
     w.writerows(rows)
+  faults.point('metrics')
   os.replace(tmp, path)
 
 

@@ -9,6 +9,7 @@ from vit_jax import config_lib
 from vit_jax import losses
 from vit_jax import models
 from vit_jax import optim
+from vit_jax import runlock
 from vit_jax import teacher
 from vit_jax import token_norms
 from vit_jax.data import augment
@@ -18,9 +19,24 @@ from vit_jax.data import randaugment
 from vit_jax.data import sources
 
 
+# Trainers that write the workdir hold its run lock; the analysis only reads it.
+LOCKING_TRAINERS = ('train', 'crystallize')
+
+
+def lock_settings(config) -> dict:
+  """config.run_lock (lease_s, renew_s), defaults where a config has none."""
+  settings = dict(runlock.DEFAULTS, **dict(config.get('run_lock', {})))
+  if not 0 < settings['renew_s'] < settings['lease_s']:
+    raise ValueError(f'run_lock.renew_s={settings["renew_s"]} must be in (0, run_lock.lease_s='
+                     f'{settings["lease_s"]})')
+  return settings
+
+
 def check(config, workdir: str) -> None:
   if config.trainer not in config_lib.TRAINERS:
     raise ValueError(f'trainer={config.trainer!r} is not one of {config_lib.TRAINERS}')
+  if config.trainer in LOCKING_TRAINERS:   # a live run's workdir: refused before anything
+    runlock.check(workdir, lock_settings(config)['lease_s'])
   if config.trainer == 'crystallize':  # a GPT-2 study: none of the ViT fields below apply
     from vit_jax.crystallize import checks
     checks.check(config, workdir)
@@ -166,4 +182,12 @@ def check_resume(config, workdir: str, model) -> None:
       raise ValueError(f'workdir {workdir!r} holds a checkpoint of a different model '
                        f'({os.path.relpath(folder, workdir)} step {step}): {mismatch}; '
                        'use a new --workdir')
+    saved = checkpoint.saved_data_state(os.path.join(folder, str(step)))
+    current = dict(global_batch=config.batch_size, seed=config.seed,
+                   repeats=config.dataset.repeated_aug, num_records=(saved or {}).get(
+                       'num_records'))     # counted when the run restores
+    mismatch = checkpoint.data_mismatch(saved, current)
+    if mismatch:
+      raise ValueError(f'workdir {workdir!r} cannot resume exactly: {mismatch}; use the same '
+                       'setting or a new --workdir')
     return

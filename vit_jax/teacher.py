@@ -18,9 +18,7 @@ def resolve_step_dir(path: str) -> str:
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f'teacher.checkpoint={path!r} is neither a workdir with checkpoints/ '
                             f'nor a checkpoints/<epoch> directory')
-  mngr = checkpoint.manager(path, every_epochs=1)
-  step = mngr.best_step() or mngr.latest_step()
-  mngr.close()
+  step = checkpoint.best_step(ckpt_dir)
   if step is None:
     raise FileNotFoundError(f'teacher.checkpoint={path!r} has no finished checkpoint')
   return os.path.join(ckpt_dir, str(step))

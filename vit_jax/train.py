@@ -7,7 +7,6 @@ import threading
 import time
 from typing import Any
 
-from absl import logging
 from clu import metric_writers
 import flax
 import jax
@@ -19,6 +18,7 @@ import numpy as np
 import optax
 
 from vit_jax import checkpoint
+from vit_jax import faults
 from vit_jax import losses
 from vit_jax import metrics_io
 from vit_jax import models
@@ -27,7 +27,6 @@ from vit_jax import teacher
 from vit_jax import token_norms
 from vit_jax.data import augment
 from vit_jax.data.augment import normalize
-from vit_jax.data import imagefolder
 from vit_jax.data import pipeline
 from vit_jax.data import sources
 
@@ -171,13 +170,19 @@ class Trainer:
     i = jax.process_index()
     return {k: v[i * rows:(i + 1) * rows] for k, v in batch.items()}
 
+  def _eval_batches(self, source, batch_size: int):
+    return pipeline.eval_batches(source, batch_size,
+                                 image_size=sources.eval_crop(self.config.dataset),
+                                 crop_ratio=self.config.dataset.eval_crop_ratio)
+
   def evaluate(self, params, source) -> dict:
-    totals = None
-    for batch in pipeline.eval_batches(source, self.config.eval_batch_size,
-                                       image_size=sources.eval_crop(self.config.dataset),
-                                       crop_ratio=self.config.dataset.eval_crop_ratio):
+    totals, unreadable = None, []
+    for batch in self._eval_batches(source, self.config.eval_batch_size):
+      unreadable += batch.pop('unreadable')
       sums = self.eval_step(params, self.global_batch(self._local_rows(batch)))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if jax.process_index() == 0:   # every process reads the whole split
+      report_unreadable('evaluation', 'left out', unreadable)
     totals = jax.device_get(totals)
     count = float(totals['count'])
     return {'val_loss': float(totals['loss']) / count,
@@ -185,14 +190,31 @@ class Trainer:
             'val_acc5': 100.0 * float(totals['acc5']) / count,
             'val_objective': float(totals['objective']) / count}
 
-  def probe_batch(self, source) -> dict:
-    n = self.config.probe.num_images
+  def probe_batch(self, source):
+    """The first probe.num_images readable validation images (a multiple of the devices;
+    an unreadable file is passed over, never padded in)."""
     n_dev = self.mesh.devices.size
-    n = max(n_dev, n - n % n_dev)
-    batch = next(pipeline.eval_batches(source, n, limit=n,
-                                       image_size=sources.eval_crop(self.config.dataset),
-                                       crop_ratio=self.config.dataset.eval_crop_ratio))
-    return self.global_batch(self._local_rows({'image': batch['image']}))['image']
+    n = max(n_dev, self.config.probe.num_images // n_dev * n_dev)
+    images = []
+    for batch in self._eval_batches(source, n):
+      images += list(batch['image'][batch['mask']])
+      if len(images) >= n:
+        break
+    n = len(images) if len(images) < n else n
+    if n < n_dev:
+      raise ValueError(f'the validation split has {len(images)} readable images, fewer than '
+                       f'the {n_dev} devices the probe batch needs')
+    images = np.stack(images[:n // n_dev * n_dev])
+    return self.global_batch(self._local_rows({'image': images}))['image']
+
+
+def report_unreadable(where: str, what: str, paths) -> None:
+  """One line per run of a loop naming each unreadable file once (this process's share)."""
+  paths = sorted(set(paths))
+  if paths:
+    who = f'process {jax.process_index()}: ' if jax.process_count() > 1 else ''
+    print(f'{who}{where}: {what} {len(paths)} unreadable image(s): ' + '; '.join(paths),
+          flush=True)
 
 
 class Preempted(Exception):
@@ -209,13 +231,24 @@ class PreemptionWatch:
 
   def __init__(self):
     self.requested = False
+    self.at = None               # time.monotonic() of the first SIGTERM
     self._previous = None
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
   def _on_sigterm(self, signum, frame):
     del signum, frame
-    self.requested = True
+    if not self.requested:
+      self.requested, self.at = True, time.monotonic()
+
+  def since(self) -> str:
+    """How long ago the signal came, for the message (single process only)."""
+    return '' if self.at is None else f'; {time.monotonic() - self.at:.1f} s after the signal'
+
+  def between_epochs(self) -> bool:
+    """A SIGTERM that came outside the steps (start-up, evaluation, saving): one process
+    acts on it at the epoch boundary; several wait for the next step's sync point."""
+    return self.requested and jax.process_count() == 1
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
@@ -228,22 +261,19 @@ class PreemptionWatch:
       self._previous = None
 
 
-def _resume_preempted(preempt_mngr, mngr, trainer, data_iter, steps_per_epoch):
-  """(state, finished epochs, losses of the steps done since) from checkpoints/preempted, or None.
-
-  Only a mid-epoch checkpoint newer than the last epoch checkpoint is used.
-  """
+def _resume_preempted(preempt_mngr, mngr, trainer, steps_per_epoch):
+  """(state, data_state, finished epochs, losses of the steps done since) from
+  checkpoints/preempted, or None. Only a mid-epoch checkpoint newer than the last
+  epoch checkpoint is used."""
   step = preempt_mngr.latest_step()
   if step is None:
     return None
   if step <= (mngr.latest_step() or 0) * steps_per_epoch:
     return None   # written before the crash that also left a newer epoch checkpoint
-  fresh = data_iter.get_state()
   try:
-    state, progress = checkpoint.restore(preempt_mngr, step, trainer.abstract_state, data_iter,
-                                         with_progress=True)
+    state, data_state, progress = checkpoint.restore(preempt_mngr, step, trainer.abstract_state,
+                                                     with_progress=True)
   except Exception as e:  # a checkpoint cut short by the preemption itself
-    data_iter.set_state(fresh)
     print(f'warning: preemption checkpoint {preempt_mngr.directory}/{step} is unreadable '
           f'({type(e).__name__}); resuming from the last epoch checkpoint',
           file=sys.stderr, flush=True)
@@ -251,7 +281,131 @@ def _resume_preempted(preempt_mngr, mngr, trainer, data_iter, steps_per_epoch):
   epoch = progress['epoch']
   print(f'resumed from {preempt_mngr.directory} at step {step} (epoch {epoch}, step '
         f'{len(progress["train_losses"])} of {steps_per_epoch})', flush=True)
-  return state, epoch - 1, progress['train_losses']
+  return state, data_state, epoch - 1, progress['train_losses']
+
+
+class Run:
+  """One invocation of training in a workdir: restore, then epochs of steps, evaluation,
+  probe norms, metrics and checkpoints."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.is_main = jax.process_index() == 0
+    self.train_src = sources.get(config.dataset, 'train')
+    self.val_src = sources.get(config.dataset, 'val')
+    teacher_pair = None
+    if config.teacher.kind != 'none':
+      teacher_pair = teacher.load(config.teacher, config.dataset.num_classes)
+    self.trainer = Trainer(config, teacher=teacher_pair)
+    self.stream = pipeline.TrainStream(self.train_src, config.dataset, config.batch_size,
+                                       config.seed)
+    self.steps_per_epoch = self.stream.steps_per_epoch
+    self.state = self.trainer.setup(self.steps_per_epoch)
+    self.mngr = checkpoint.manager(workdir, config.checkpoint_every_epochs,
+                                   config.checkpoint_async)
+    self.preempt_mngr = checkpoint.preempt_manager(workdir)
+    self.save_blocked_s = []     # how long each save held up the loop
+
+  def restore(self) -> tuple[int, list]:
+    """(finished epochs, losses of the steps of the next epoch already done)."""
+    resumed = _resume_preempted(self.preempt_mngr, self.mngr, self.trainer, self.steps_per_epoch)
+    if resumed:
+      self.state, data_state, epochs, done = resumed
+    else:
+      epochs, restored, data_state = checkpoint.restore_latest(self.mngr,
+                                                               self.trainer.abstract_state)
+      done = []
+      if restored is not None:
+        self.state = restored
+        print(f'resumed from {self.workdir}/checkpoints at epoch {epochs}', flush=True)
+    mismatch = checkpoint.data_mismatch(data_state, self.stream.order.state())
+    if mismatch:
+      raise ValueError(f'workdir {self.workdir!r} cannot resume exactly: {mismatch}; use the '
+                       'same setting or a new --workdir')
+    return epochs, done
+
+  def save(self, mngr, step: int, **kw) -> None:
+    t0 = time.perf_counter()
+    if mngr is self.mngr:      # the previous epoch's save is done: drop what it overtook
+      checkpoint.finish(mngr)
+      self.drop_superseded_preemption()
+    checkpoint.save(mngr, step, self.state, self.stream.order.state(), **kw)
+    self.save_blocked_s.append(time.perf_counter() - t0)
+
+  def train_epoch(self, epoch: int, done: list, data, watch) -> tuple[list, list]:
+    """The epoch's remaining steps; (per-step losses, unreadable files). At most
+    config.steps_in_flight steps run ahead of the host, so a SIGTERM is acted on within
+    about that many steps."""
+    c, spe = self.config, self.steps_per_epoch
+    losses_ = [np.float32(l) for l in done]
+    pending, unreadable = [], []
+    for i in range(len(done), spe):
+      step = (epoch - 1) * spe + i
+      if watch.reached(step):
+        losses_ += [float(l) for l in jax.device_get(pending)]
+        self.save(self.preempt_mngr, step, fault='preempt_checkpoint',
+                  progress={'epoch': epoch, 'train_losses': [float(l) for l in losses_]})
+        watch.close()
+        raise Preempted(f'preempted: SIGTERM at step {step} (epoch {epoch}, {i} of {spe} '
+                        f'steps); checkpoint written to {self.preempt_mngr.directory}/{step}'
+                        f'{watch.since()}; run the same command to resume')
+      batch = next(data)
+      unreadable += batch.pop('unreadable')
+      self.state, m = self.trainer.train_step(self.state, self.trainer.global_batch(batch))
+      faults.point('step')
+      pending.append(m['loss'])
+      if len(pending) > c.steps_in_flight:
+        losses_.append(float(pending.pop(0)))      # waits for that step to finish
+    return losses_ + [float(l) for l in jax.device_get(pending)], unreadable
+
+  def check_finite(self, epoch: int) -> None:
+    bad_step = int(self.state.bad_step)
+    if bad_step >= 0:
+      raise FloatingPointError(
+          f'non-finite loss or gradient at step {bad_step} (epoch {epoch}); the step was not '
+          f'applied and the last good checkpoint (epoch {self.mngr.latest_step()}) is kept')
+
+  def log_epoch(self, epoch: int, losses_: list, probe, t0: float, train_time: float,
+                writer) -> dict:
+    c, spe = self.config, self.steps_per_epoch
+    row = {'epoch': epoch, 'train_loss': float(np.mean(losses_)),
+           **self.trainer.evaluate(self.state.params, self.val_src),
+           'lr': float(self.trainer.lr_fn(epoch * spe - 1))}
+    norms = jax.device_get(self.trainer.probe(self.state.params, probe))
+    row.update(token_norms.stats(norms['output'], c.probe))
+    row['epoch_time_s'] = time.perf_counter() - t0
+    row['images_per_s'] = spe * c.batch_size / train_time
+    if self.is_main:
+      np.save(os.path.join(self.workdir, 'l2_norms', f'epoch{epoch}.npy'), norms['output'])
+      if 'layers' in norms:
+        np.save(os.path.join(self.workdir, 'l2_norms', 'layers', f'epoch{epoch}.npy'),
+                norms['layers'])
+      metrics_io.append(os.path.join(self.workdir, 'metrics.csv'), row,
+                        keep_through_epoch=epoch - 1)
+      writer.write_scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
+      print(f"epoch {epoch:3d}/{c.total_epochs} | train loss {row['train_loss']:.4f} | "
+            f"val loss {row['val_loss']:.4f} acc1 {row['val_acc1']:.2f}% "
+            f"acc5 {row['val_acc5']:.2f}% | lr {row['lr']:.2e} | "
+            f"{row['images_per_s']:.0f} img/s | {row['epoch_time_s']:.1f}s", flush=True)
+    return row
+
+  def close(self) -> None:
+    """Wait for the saves in flight (an epoch checkpoint written in the background is
+    finished on every way out: done, preempted, failed), then close the managers."""
+    try:
+      checkpoint.finish(self.mngr)
+      checkpoint.finish(self.preempt_mngr)
+      self.drop_superseded_preemption()
+    finally:
+      self.mngr.close()
+      self.preempt_mngr.close()
+
+  def drop_superseded_preemption(self) -> None:
+    """Delete preemption checkpoints that a finished epoch checkpoint has overtaken."""
+    latest = (self.mngr.latest_step() or 0) * self.steps_per_epoch
+    for step in self.preempt_mngr.all_steps():
+      if step <= latest:
+        self.preempt_mngr.delete(step)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -261,102 +415,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `stop_after_epoch` ends this invocation early (checkpoint written), as a
   time-limited job would; running again resumes.
   """
-  is_main = jax.process_index() == 0
-  train_src = sources.get(config.dataset, 'train')
-  val_src = sources.get(config.dataset, 'val')
-  teacher_pair = None
-  if config.teacher.kind != 'none':
-    teacher_pair = teacher.load(config.teacher, config.dataset.num_classes)
-  trainer = Trainer(config, teacher=teacher_pair)
-  per_process = config.batch_size // jax.process_count()
-  steps_per_epoch = len(train_src) // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f'batch_size={config.batch_size} is larger than the '
-                     f'{len(train_src)} training images')
-  state = trainer.setup(steps_per_epoch)
-  loader = pipeline.train_loader(train_src, config.dataset, per_process, config.seed)
-  data_iter = iter(loader)
-
-  os.makedirs(os.path.join(workdir, 'l2_norms', 'layers'), exist_ok=True)
-  mngr = checkpoint.manager(workdir, config.checkpoint_every_epochs)
-  preempt_mngr = checkpoint.preempt_manager(workdir)
-  start_epoch, done_losses = 0, []
-  resumed = _resume_preempted(preempt_mngr, mngr, trainer, data_iter, steps_per_epoch)
-  if resumed:
-    state, start_epoch, done_losses = resumed
-  else:
-    start_epoch, restored = checkpoint.restore_latest(mngr, trainer.abstract_state, data_iter)
-    if restored is not None:
-      state = restored
-      logging.info('Resumed from epoch %d', start_epoch)
-      print(f'resumed from {workdir}/checkpoints at epoch {start_epoch}', flush=True)
-  if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main,
-                                                asynchronous=False)
-  n_params = models.count_params(state.params)
-  print(f'model: {n_params:,} parameters; {steps_per_epoch} steps/epoch of '
-        f'{config.batch_size} on {trainer.mesh.devices.size} device(s)', flush=True)
-  probe = trainer.probe_batch(val_src)
-  csv_path = os.path.join(workdir, 'metrics.csv')
-
+  watch = PreemptionWatch()      # from the start: a SIGTERM during start-up is not lost
+  try:
+    run = Run(config, workdir)
+  except BaseException:
+    watch.close()
+    raise
   row = {}
-  watch = PreemptionWatch()
-  for epoch in range(start_epoch + 1, config.total_epochs + 1):
-    t0 = time.perf_counter()
-    step_metrics = [{'loss': np.float32(l)} for l in done_losses]
-    for i in range(len(done_losses), steps_per_epoch):
-      step = (epoch - 1) * steps_per_epoch + i
-      if watch.reached(step):
-        losses = [float(m['loss']) for m in jax.device_get(step_metrics)]
-        checkpoint.save(preempt_mngr, step, state, data_iter,
-                        progress={'epoch': epoch, 'train_losses': losses})
-        watch.close()
-        raise Preempted(f'preempted: SIGTERM at step {step} (epoch {epoch}, {i} of '
-                        f'{steps_per_epoch} steps); checkpoint written to '
-                        f'{preempt_mngr.directory}/{step}; run the same command to resume')
-      state, m = trainer.train_step(state, trainer.global_batch(next(data_iter)))
-      step_metrics.append(m)
-    done_losses = []
-    step_metrics = jax.device_get(step_metrics)
-    skipped = imagefolder.UNREADABLE.take()
-    if skipped:
-      print(f'epoch {epoch}: skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}',
-            flush=True)
-    bad_step = int(state.bad_step)
-    if bad_step >= 0:
-      raise FloatingPointError(
-          f'non-finite loss or gradient at step {bad_step} (epoch {epoch}); the step was not '
-          f'applied and the last good checkpoint (epoch {mngr.latest_step()}) is kept')
-    train_time = time.perf_counter() - t0
-    row = {'epoch': epoch,
-           'train_loss': float(np.mean([m['loss'] for m in step_metrics])),
-           **trainer.evaluate(state.params, val_src),
-           'lr': float(trainer.lr_fn(epoch * steps_per_epoch - 1))}
-    norms = jax.device_get(trainer.probe(state.params, probe))
-    row.update(token_norms.stats(norms['output'], config.probe))
-    row['epoch_time_s'] = time.perf_counter() - t0
-    row['images_per_s'] = steps_per_epoch * config.batch_size / train_time
-    if is_main:
-      np.save(os.path.join(workdir, 'l2_norms', f'epoch{epoch}.npy'), norms['output'])
-      if 'layers' in norms:
-        np.save(os.path.join(workdir, 'l2_norms', 'layers', f'epoch{epoch}.npy'), norms['layers'])
-      metrics_io.append(csv_path, row, keep_through_epoch=epoch - 1)
-      writer.write_scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
-    print(f"epoch {epoch:3d}/{config.total_epochs} | train loss {row['train_loss']:.4f} | "
-          f"val loss {row['val_loss']:.4f} acc1 {row['val_acc1']:.2f}% acc5 {row['val_acc5']:.2f}% | "
-          f"lr {row['lr']:.2e} | {row['images_per_s']:.0f} img/s | {row['epoch_time_s']:.1f}s",
-          flush=True)
-    checkpoint.save(mngr, epoch, state, data_iter, {'val_acc1': row['val_acc1']})
-    for step in preempt_mngr.all_steps():   # superseded by the epoch's checkpoint
-      preempt_mngr.delete(step)
-    if stop_after_epoch is not None and epoch >= stop_after_epoch:
-      break
-  watch.close()
-  writer.flush()
-  mngr.close()
-  preempt_mngr.close()
-  if row:
+  try:
+    start_epoch, done = run.restore()
+    os.makedirs(os.path.join(workdir, 'l2_norms', 'layers'), exist_ok=True)
+    if run.is_main:
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json_best_effort(indent=2))
+    writer = metric_writers.create_default_writer(workdir, just_logging=not run.is_main,
+                                                  asynchronous=False)
+    if run.is_main:
+      print(f'model: {models.count_params(run.state.params):,} parameters; '
+            f'{run.steps_per_epoch} steps/epoch of {config.batch_size} on '
+            f'{run.trainer.mesh.devices.size} device(s)', flush=True)
+    probe = run.trainer.probe_batch(run.val_src)
+    data = run.stream.batches(start_epoch * run.steps_per_epoch + len(done),
+                              config.dataset.workers)
+    for epoch in range(start_epoch + 1, config.total_epochs + 1):
+      if watch.between_epochs():
+        raise Preempted(f'preempted: SIGTERM before epoch {epoch} (outside the train steps); '
+                        f'the checkpoint of epoch {epoch - 1} stands{watch.since()}; run the '
+                        'same command to resume')
+      t0 = time.perf_counter()
+      losses_, unreadable = run.train_epoch(epoch, done, data, watch)
+      done = []
+      report_unreadable(f'epoch {epoch}', 'replaced', unreadable)
+      run.check_finite(epoch)
+      row = run.log_epoch(epoch, losses_, probe, t0, time.perf_counter() - t0, writer)
+      run.save(run.mngr, epoch, metrics={'val_acc1': row['val_acc1']}, wait=False)
+      faults.point('epoch_end')
+      if stop_after_epoch is not None and epoch >= stop_after_epoch:
+        break
+    writer.flush()
+  finally:
+    watch.close()
+    run.close()
+  if row and run.is_main:
     print(f"final validation top-1: {row['val_acc1']:.2f}% (epoch {row['epoch']})", flush=True)
   return row

@@ -33,7 +33,7 @@ def main():
     c.augment.update(cutmix=over.get('cutmix', 0.0), mixup=over.get('mixup', 0.0))
     model, params = teacher.load(c.teacher, c.dataset.num_classes)
     source = sources.get(c.dataset, 'train')
-    batches = iter(pipeline.train_loader(source, c.dataset, 64, 0))
+    batches = pipeline.TrainStream(source, c.dataset, 64, 0).batches(0)
     agree = seen = 0
     for step in range(3 * (len(source) // 64)):            # three epochs of views
       b = next(batches)

@@ -1,47 +1,36 @@
 """ImageNet-style folders: <root>/<split>/<class>/<image>, decoded with PIL.
 
 Every image is converted to RGB (grayscale, palette, CMYK and RGBA files
-included). A file that cannot be decoded is skipped, counted, and reported by
-the trainer at the end of the epoch; it never stops a run.
+included). A file that cannot be decoded comes back as image None with its path
+under 'unreadable': training replaces it within its batch and evaluation leaves it
+out, and the trainer reports each such file once at the end of the epoch and of the
+evaluation; it never stops a run.
 """
 import os
-import threading
 
-from absl import logging
 import numpy as np
 from PIL import Image
 
 EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 
-class UnreadableImages:
-  """Thread-safe count of the files skipped in this process."""
-
-  def __init__(self):
-    self._lock = threading.Lock()
-    self.paths: list[str] = []
-
-  def add(self, path: str):
-    with self._lock:
-      self.paths.append(path)
-
-  def take(self) -> list[str]:
-    with self._lock:
-      paths, self.paths = self.paths, []
-    return paths
-
-
-UNREADABLE = UnreadableImages()
+PREPARE = 'python -m vit_jax.data.prepare_imagenet100 --src SRC --dst DST'
 
 
 def list_classes(root: str, split: str) -> list[str]:
+  """The class folders of root/split (hidden entries and loose files passed over)."""
   folder = os.path.join(root, split)
   if not os.path.isdir(folder):
     raise FileNotFoundError(f'dataset.data_dir={root!r} has no {split}/ folder; expected '
-                            f'{split}/<class>/<image> (prepare it with python -m '
-                            f'vit_jax.data.prepare_imagenet100)')
-  classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+                            f'{split}/<class>/<image> (build it with {PREPARE})')
+  entries = [e for e in sorted(os.listdir(folder)) if not e.startswith('.')]
+  classes = [e for e in entries if os.path.isdir(os.path.join(folder, e))]
   if not classes:
+    loose = [e for e in entries if e.lower().endswith(EXTENSIONS)]
+    if loose:
+      raise ValueError(f'{folder!r} holds {len(loose)} images directly, not in class folders '
+                       f"(ILSVRC2012's flat val layout); sort them with {PREPARE} "
+                       '--val_labels=LOC_val_solution.csv')
     raise FileNotFoundError(f'{folder!r} has no class folders')
   return classes
 
@@ -52,7 +41,8 @@ def check_tree(root: str) -> list[str]:
   if train != val:
     only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
     raise ValueError(f'train/ and val/ class folders in {root!r} differ: only in train '
-                     f'{only_train[:5]}, only in val {only_val[:5]}')
+                     f'{only_train[:5]} ({len(only_train)}), only in val {only_val[:5]} '
+                     f'({len(only_val)}); every class needs both (rebuild with {PREPARE})')
   return train
 
 
@@ -66,7 +56,7 @@ class ImageFolderSource:
     for label, cls in enumerate(self.classes):
       folder = os.path.join(root, split, cls)
       for name in sorted(os.listdir(folder)):
-        if name.lower().endswith(EXTENSIONS):
+        if name.lower().endswith(EXTENSIONS) and not name.startswith('.'):
           samples.append((os.path.join(folder, name), label))
     if not samples:
       raise FileNotFoundError(f'{os.path.join(root, split)!r} has no images ({EXTENSIONS})')
@@ -83,9 +73,6 @@ class ImageFolderSource:
     path, label = self.samples[i]
     try:
       with Image.open(path) as img:
-        image = np.asarray(img.convert('RGB'), np.uint8)
+        return {'image': np.asarray(img.convert('RGB'), np.uint8), 'label': np.int32(label)}
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-      logging.warning('skipping unreadable image %s: %s', path, e)
-      UNREADABLE.add(path)
-      image = None
-    return {'image': image, 'label': np.int32(label)}
+      return {'image': None, 'label': np.int32(label), 'unreadable': f'{path} ({e})'}

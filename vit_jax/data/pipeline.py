@@ -1,43 +1,34 @@
-"""grain pipelines: seeded per-epoch shuffling, per-process sharding, batching.
+"""The input pipelines: the training stream (grain) and the evaluation batches.
 
-The training iterator is endless (a new shuffle every epoch); its state goes
-into the checkpoint, so a resumed run sees exactly the batches it would have.
+Training batch `step` is a function of (seed, step) alone: samplers.BatchOrder says
+which records it holds and each record's random crop comes from a generator seeded by
+(seed, step, its row in the global batch). So the data order does not depend on the
+number of processes or loader workers, and resuming at the train state's step is exact
+with any of them: no iterator state is needed. Each grain element is one process's
+whole batch, so worker processes build whole batches and keep their order.
+
+The CPU side decodes and crops; everything else happens on the device (augment.py).
 """
-import dataclasses
 import math
 
 import grain
+import jax
 import numpy as np
 from PIL import Image
 
 from vit_jax.data import samplers
+from vit_jax.data import sources
 
 PADDING_MODES = ('constant', 'reflect')   # dataset.crop_padding_mode (np.pad modes)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Select(grain.transforms.Map):
-  """Keep image and label only, as uint8 / int32."""
-
-  def map(self, item):
-    return {'image': np.asarray(item['image'], np.uint8),
-            'label': np.asarray(item['label'], np.int32)}
-
-
-@dataclasses.dataclass(frozen=True)
-class _PadCrop(grain.transforms.RandomMap):
-  """Padded random crop back to the input size (torchvision RandomCrop(size, padding):
-  'constant' pads with zeros, its default; 'reflect' mirrors). Flips happen on the device."""
-  padding: int
-  mode: str = 'constant'
-
-  def random_map(self, item, rng: np.random.Generator):
-    img = item['image']
-    p = self.padding
-    padded = np.pad(img, ((p, p), (p, p), (0, 0)), mode=self.mode)
-    y, x = rng.integers(0, 2 * p + 1, size=2)
-    img = padded[y:y + img.shape[0], x:x + img.shape[1]]
-    return {'image': np.ascontiguousarray(img), 'label': item['label']}
+def pad_crop(image: np.ndarray, padding: int, mode: str, rng: np.random.Generator):
+  """torchvision RandomCrop(size, padding): pad ('constant': zeros, its default; 'reflect'
+  mirrors), then a uniformly placed crop of the original size."""
+  p = padding
+  padded = np.pad(image, ((p, p), (p, p), (0, 0)), mode=mode)
+  y, x = rng.integers(0, 2 * p + 1, size=2)
+  return padded[y:y + image.shape[0], x:x + image.shape[1]]
 
 
 def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
@@ -65,17 +56,6 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
   return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC), np.uint8)
 
 
-@dataclasses.dataclass(frozen=True)
-class _RandomResizedCrop(grain.transforms.RandomMap):
-  size: int
-
-  def random_map(self, item, rng: np.random.Generator):
-    img = item['image']
-    top, left, h, w = random_resized_crop_box(rng, *img.shape[:2])
-    return {'image': _resize(img[top:top + h, left:left + w], self.size, self.size),
-            'label': item['label']}
-
-
 def center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
   """DeiT evaluation: shorter side to int(size / crop_fraction) (bicubic), then the central
   size x size (DeiT: 0.875; DeiT-III: --eval-crop-ratio 1.0)."""
@@ -87,33 +67,63 @@ def center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> n
   return image[top:top + size, left:left + size]
 
 
-@dataclasses.dataclass(frozen=True)
-class _Readable(grain.transforms.Filter):
-  """Drops items whose file could not be decoded (the source counts them)."""
-
-  def filter(self, item) -> bool:
-    return item['image'] is not None
-
-
-def train_loader(source, dataset_cfg, per_process_batch: int, seed: int) -> grain.DataLoader:
-  ops = []
-  if dataset_cfg.name == 'imagenet100':
-    ops += [_Readable(), _RandomResizedCrop(dataset_cfg.image_size)]
-  ops.append(_Select())
+def train_crop(image: np.ndarray, dataset_cfg, rng: np.random.Generator) -> np.ndarray:
+  """The CPU transforms of one training record: a folder image's RandomResizedCrop (bicubic)
+  to dataset.image_size, then the padded random crop if dataset.random_crop_padding."""
+  if dataset_cfg.name in sources.FOLDER_DATASETS:
+    top, left, h, w = random_resized_crop_box(rng, *image.shape[:2])
+    image = _resize(image[top:top + h, left:left + w], dataset_cfg.image_size,
+                    dataset_cfg.image_size)
   if dataset_cfg.random_crop_padding:
-    ops.append(_PadCrop(dataset_cfg.random_crop_padding, dataset_cfg.crop_padding_mode))
-  ops.append(grain.transforms.Batch(per_process_batch, drop_remainder=True))
-  shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-  if dataset_cfg.repeated_aug > 1:
-    sampler = samplers.RepeatedAugSampler(len(source), dataset_cfg.repeated_aug, seed, shard)
-  else:
-    sampler = samplers.GlobalBatchOrder(
-        grain.samplers.IndexSampler(num_records=len(source), shuffle=True, num_epochs=None,
-                                    seed=seed),
-        per_process_batch, shard)
-  return grain.DataLoader(data_source=source, sampler=sampler, operations=ops,
-                          worker_count=dataset_cfg.workers,
-                          read_options=grain.ReadOptions(num_threads=0))
+    image = pad_crop(image, dataset_cfg.random_crop_padding, dataset_cfg.crop_padding_mode, rng)
+  return np.ascontiguousarray(image, np.uint8)
+
+
+class TrainStream:
+  """This process's training batches, from any step on.
+
+  An unreadable image (a folder file that does not decode) is replaced by the next
+  readable image of its batch, so batches keep their size; its path comes back in the
+  batch's 'unreadable' field for the trainer to report.
+  """
+
+  def __init__(self, source, dataset_cfg, global_batch: int, seed: int,
+               process_index: int | None = None, process_count: int | None = None):
+    self.source, self.dataset_cfg, self.seed = source, dataset_cfg, seed
+    self.order = samplers.BatchOrder(len(source), global_batch, seed, dataset_cfg.repeated_aug)
+    self.rows = self.order.process_rows(
+        jax.process_index() if process_index is None else process_index,
+        jax.process_count() if process_count is None else process_count)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.order.steps_per_epoch
+
+  def load(self, step: int) -> dict:
+    """This process's rows of global batch `step`."""
+    keys = self.order.global_keys(step)[self.rows]
+    items = [self.source[int(k)] for k in keys]
+    readable = [i for i, it in enumerate(items) if it['image'] is not None]
+    unreadable = tuple(it['unreadable'] for it in items if it['image'] is None)
+    if not readable:
+      raise OSError(f'every image of training batch {step} is unreadable, e.g. {unreadable[0]}')
+    images, labels = [], []
+    for i, row in enumerate(self.rows):
+      j = i if items[i]['image'] is not None else next(
+          (r for r in readable if r > i), readable[0])
+      rng = np.random.default_rng([self.seed, step, int(row)])
+      images.append(train_crop(np.asarray(items[j]['image'], np.uint8), self.dataset_cfg, rng))
+      labels.append(items[j]['label'])
+    return {'image': np.stack(images), 'label': np.asarray(labels, np.int32),
+            'unreadable': unreadable}
+
+  def batches(self, start_step: int, workers: int = 0):
+    """An endless iterator of batches from `start_step` on (`workers` grain processes)."""
+    ds = grain.MapDataset.range(start_step, start_step + 2**40).map(self.load)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0))
+    if workers:
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return iter(it)
 
 
 def eval_batches(source, batch_size: int, limit: int | None = None, image_size: int | None = None,
@@ -121,20 +131,25 @@ def eval_batches(source, batch_size: int, limit: int | None = None, image_size: 
   """Fixed-order batches padded to batch_size; 'mask' marks the real examples.
 
   With `image_size`, every image is centre-cropped to it (ImageFolder data) at
-  `crop_ratio`; unreadable images are left out.
+  `crop_ratio`; unreadable images are left out, their paths in 'unreadable'.
   """
   n = len(source) if limit is None else min(limit, len(source))
   for start in range(0, n, batch_size):
     items = [source[i] for i in range(start, min(start + batch_size, n))]
+    unreadable = tuple(it['unreadable'] for it in items if it['image'] is None)
+    items = [it for it in items if it['image'] is not None]
     if image_size is not None:
       items = [{'image': center_crop(it['image'], image_size, crop_ratio), 'label': it['label']}
-               for it in items if it['image'] is not None]
-    if not items:
-      continue
+               for it in items]
     real = len(items)
-    images = np.stack([np.asarray(it['image'], np.uint8) for it in items])
+    if real:
+      images = np.stack([np.asarray(it['image'], np.uint8) for it in items])
+    elif image_size is not None:   # a batch of unreadable files only: all padding
+      images = np.zeros((0, image_size, image_size, 3), np.uint8)
+    else:
+      continue
     labels = np.array([it['label'] for it in items], np.int32)
     pad = batch_size - real
     yield {'image': np.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))),
            'label': np.pad(labels, (0, pad)),
-           'mask': np.arange(batch_size) < real}
+           'mask': np.arange(batch_size) < real, 'unreadable': unreadable}

@@ -1,4 +1,5 @@
 """Random-access data sources: each item is {'image': uint8 (H, W, 3), 'label': int}."""
+import json
 import os
 
 import numpy as np
@@ -6,6 +7,7 @@ import numpy as np
 DATASETS = ('digits', 'cifar10', 'cifar100', 'imagenet100')
 FOLDER_DATASETS = ('imagenet100',)
 _TFDS_SPLITS = {'train': 'train', 'val': 'test'}
+RANDOM_ACCESS_FORMATS = ('array_record', 'parquet')   # what tfds.data_source reads
 DIGITS_VAL_SIZE = 297   # fixed split of the 1,797 images: 1,500 train / 297 validation
 
 
@@ -47,8 +49,8 @@ def prepare_command(name: str, data_dir: str) -> str:
 
 
 def check_tfds_prepared(name: str, data_dir: str) -> None:
-  """Fail in one line, without touching the network, if `name` is not prepared."""
-  import tensorflow_datasets as tfds
+  """Fail in one line, without touching the network, if `name` is not prepared, or is
+  prepared in a file format tfds.data_source cannot read at random (tfrecord)."""
   root = data_dir or os.path.expanduser(os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
   builder_dir = os.path.join(root, name)
   versions = sorted(os.listdir(builder_dir)) if os.path.isdir(builder_dir) else []
@@ -58,7 +60,15 @@ def check_tfds_prepared(name: str, data_dir: str) -> None:
     raise FileNotFoundError(
         f'dataset {name!r} is not prepared in {root}; prepare it where there is internet '
         f'with: {prepare_command(name, data_dir)}')
-  del tfds
+  version_dir = os.path.join(builder_dir, prepared[-1])
+  with open(os.path.join(version_dir, 'dataset_info.json')) as f:
+    file_format = json.load(f).get('fileFormat', 'tfrecord')
+  if file_format not in RANDOM_ACCESS_FORMATS:
+    raise ValueError(
+        f'dataset {name!r} in {version_dir} is prepared as {file_format}, which random access '
+        f'cannot read; convert it in place with: pip install apache-beam && tfds '
+        f'convert_format --dataset_version_dir={version_dir} --out_file_format=array_record '
+        f'(or prepare it anew with: {prepare_command(name, data_dir)})')
 
 
 def tfds_source(name: str, split: str, data_dir: str):
