@@ -6,11 +6,11 @@ The recipe is configs/vanilla.py's; only the model changes.
   python -m vit_jax.main --config configs/register.py:quick --workdir runs/quick
 """
 from vit_jax import config_lib
+from vit_jax.models import variants
 
 
 def get_config(arg=None):
   arg = config_lib.check_arg(arg, 'configs/register.py')
   c = config_lib.load('vanilla', arg)
-  c.model.num_registers = 4         # seed 002 (Darcet et al.): learnable, no position
-                                    # embedding, dropped at the output
+  variants.apply(c.model, 'register')   # vit_jax/models/variants.py: the change and its source
   return c

@@ -6,11 +6,11 @@ The recipe is configs/vanilla.py's; only the model changes.
   python -m vit_jax.main --config configs/value_gated.py:quick --workdir runs/g2_quick
 """
 from vit_jax import config_lib
+from vit_jax.models import variants
 
 
 def get_config(arg=None):
   arg = config_lib.check_arg(arg, 'configs/value_gated.py')
   c = config_lib.load('vanilla', arg)
-  c.model.gate = 'g2'               # seed 002 (Qiu et al.): sigmoid(X W) on V before attention:
-                                    # value-dependent, not query-dependent
+  variants.apply(c.model, 'value_gated')   # vit_jax/models/variants.py: the change and its source
   return c

@@ -6,8 +6,8 @@ import sys
 import jax
 import numpy as np
 
-from vit_jax import train
 from vit_jax.data import pipeline, sources
+from vit_jax.train import steps
 
 spec = importlib.util.spec_from_file_location('cfg', os.path.join(sys.argv[1], 'configs/sdpa_gated.py'))
 cfg_module = importlib.util.module_from_spec(spec)
@@ -21,7 +21,7 @@ batch = next(pipeline.eval_batches(src, config.batch_size))
 del batch['mask']
 results = []
 for devices in (jax.devices()[:1], jax.devices()):
-  trainer = train.Trainer(config, mesh=train.make_mesh(devices))
+  trainer = steps.Trainer(config, mesh=steps.make_mesh(devices))
   state = trainer.setup(steps_per_epoch=23)
   losses = []
   for _ in range(3):

@@ -12,13 +12,15 @@ import pytest
 
 from conftest import run_main
 from vit_jax import config_lib
-from vit_jax import metrics_io
 from vit_jax import models
-from vit_jax import train
 from vit_jax.analysis import plots
 from vit_jax.analysis import run as analysis
 from vit_jax.analysis import scoreboard
 from vit_jax.analysis import stats
+from vit_jax.models import vit
+from vit_jax.train import loop
+from vit_jax.train import metrics_io
+from vit_jax.train import steps
 
 # A small G1-gated model with registers: every plot of the analysis applies to it.
 SMALL = dict(depth=2, width=32, num_heads=2, gate='g1', num_registers=2)
@@ -42,7 +44,7 @@ def small_config():
 def workdir(tmp_path_factory):
   """Two epochs of training of the small model (checkpoints, metrics, per-epoch norms)."""
   path = str(tmp_path_factory.mktemp('trained'))
-  train.train_and_evaluate(small_config(), path)
+  loop.train_and_evaluate(small_config(), path)
   return path
 
 
@@ -72,7 +74,7 @@ def test_planted_high_norm_token_is_the_only_outlier():
   token = 5
   params = planted_params(model, token)
   images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3)).astype(np.float32)
-  norms = train.probe_norms(params, jnp.asarray(images), model=model, config=c)
+  norms = steps.probe_norms(params, jnp.asarray(images), model=model, config=c)
   chex.assert_shape(norms['output'], (8, 16))
   chex.assert_shape(norms['layers'], (2, 8, 16))
   out = np.asarray(norms['output'])
@@ -95,7 +97,7 @@ def test_attention_stats_by_hand():
                   [0.5, 0.5, 0.0, 0.0],
                   [0.4, 0.2, 0.2, 0.2],
                   [0.9, 0.0, 0.0, 0.1]]]])
-  row, = stats.attention_stats([a], stats.Layout(1, 1, 2))
+  row, = stats.attention_stats([a], vit.TokenLayout(1, 1, 2))
   assert row['cls_share'] == pytest.approx((0.7 + 0.5 + 0.4 + 0.9) / 4)
   assert row['sink_share'] == pytest.approx(row['cls_share'])   # cls receives the most
   assert row['sink_kind'] == 'cls' and row['sink_index'] == 0
@@ -159,7 +161,7 @@ def test_analyze_cli_writes_plots_and_report(workdir):
 
 def test_plots_have_their_panels():
   rng = np.random.default_rng(0)
-  lay = stats.Layout(1, 2, 16)
+  lay = vit.TokenLayout(1, 2, 16)
   attn = [rng.dirichlet(np.ones(19), size=(3, 2, 19)) for _ in range(2)]
   images = rng.integers(0, 256, (3, 16, 16, 3)).astype(np.uint8)
   fig = plots.cls_attention(images, attn[-1], lay.patches)

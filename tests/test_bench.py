@@ -1,6 +1,6 @@
 """The data benchmark runs on a tiny config (the timings themselves are not tested: a
 benchmark prints them)."""
-from vit_jax import bench
+from vit_jax.bench import data as bench
 from vit_jax import config_lib
 
 

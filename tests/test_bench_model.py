@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import bench_model
+from vit_jax.bench import model as bench_model
 from vit_jax.models import mixed
 
 TINY = dict(patch_size=8, width=128, depth=2, num_heads=4)   # 32x32 -> 16 patches + cls
@@ -101,7 +101,7 @@ def test_timm_runner_trains_the_same_shape():
   """In a fresh interpreter, as `bench model --timm` runs it."""
   code = """
 import numpy as np
-from vit_jax import bench_timm
+from vit_jax.bench import timm_runner as bench_timm
 assert bench_timm.runner('svd', 32, 4, 2, 'float32', False) is None
 step = bench_timm.runner('register', 32, 4, 2, 'bfloat16', False)
 first, second = float(step()), float(step())

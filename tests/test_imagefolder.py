@@ -7,10 +7,12 @@ from PIL import Image
 import pytest
 
 from vit_jax import config_lib
-from vit_jax import train
 from vit_jax.data import imagefolder
 from vit_jax.data import pipeline
 from vit_jax.data import prepare_imagenet100
+from vit_jax.train import evaluation
+from vit_jax.train import loop
+from vit_jax.train import steps
 
 
 def _write(path, mode='RGB', size=(40, 30), fmt=None, seed=0):
@@ -134,7 +136,7 @@ def test_training_on_an_image_folder(tmp_path):
   c.model.update(depth=1, width=32, num_heads=2)
   c.update(batch_size=8, eval_batch_size=8, total_epochs=1)
   c.probe.num_images = 8
-  row = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  row = loop.train_and_evaluate(c, str(tmp_path / 'run'))
   assert row['epoch'] == 1 and 0.0 <= row['val_acc1'] <= 100.0
 
 
@@ -231,9 +233,9 @@ def test_the_probe_batch_holds_no_padding(tmp_path):
   c.dataset.update(name='imagenet100', data_dir=root, num_classes=3)
   c.model.update(depth=1, width=32, num_heads=2)
   c.probe.num_images = 8
-  trainer = train.Trainer(c)
+  trainer = steps.Trainer(c)
   src = imagefolder.ImageFolderSource(root, 'val')
-  probe = np.asarray(trainer.probe_batch(src))
+  probe = np.asarray(evaluation.probe_batch(trainer, src))
   readable = [src[i]['image'] for i in range(len(src)) if src[i]['image'] is not None][:8]
   want = np.stack([pipeline.center_crop(im, 16, c.dataset.eval_crop_ratio) for im in readable])
   np.testing.assert_array_equal(probe, want)               # no black padding image

@@ -1,6 +1,6 @@
 """A run killed at any instant, run again, ends as if never stopped.
 
-The instants are exact (vit_jax/faults.py): mid-epoch, while the epoch's checkpoint is
+The instants are exact (vit_jax/train/faults.py): mid-epoch, while the epoch's checkpoint is
 being written in the background, between metrics.csv written aside and put in place,
 right after an epoch, and while the preemption checkpoint is being written (SIGKILL, and
 a second SIGTERM). After each, the same command runs again; at the end every epoch is in
@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 import tiny_run
-from vit_jax import checkpoint
+from vit_jax.train import checkpoint
 
 EXIT_PREEMPTED = 75
 N = tiny_run.STEPS_PER_EPOCH
@@ -75,11 +75,11 @@ def test_the_distillation_and_teacher_trainers_act_on_sigterm(tmp_path, config):
   """The DeiT student (with its frozen teacher in the step) and the ConvNet teacher stop
   at the step after a SIGTERM, write it, exit 75, and resume there."""
   from vit_jax import config_lib
-  from vit_jax import train
+  from vit_jax.train import steps
   workdir = tmp_path / 'run'
   extra = ['--config.batch_size=8', '--config.total_epochs=2']
   if config == 'deit_distill':                  # an untrained quick teacher, saved for real
-    teacher = train.Trainer(config_lib.load('teacher_resnet', 'quick'))
+    teacher = steps.Trainer(config_lib.load('teacher_resnet', 'quick'))
     mngr = checkpoint.manager(str(tmp_path / 'teacher'), 1)
     checkpoint.save(mngr, 1, teacher.setup(steps_per_epoch=1), {'seed': 0}, {'val_acc1': 0.0})
     mngr.close()

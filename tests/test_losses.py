@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import losses
+from vit_jax.train import losses
 
 
 def test_label_smoothing():

@@ -10,6 +10,7 @@ import pytest
 
 from vit_jax import models
 from vit_jax.models import svd_taps
+from vit_jax.models import variants
 from vit_jax.models import vit
 
 
@@ -58,10 +59,7 @@ def test_deit_small_distilled_param_count():
 
 TINY = dict(num_classes=7, image_size=16, patch_size=4, width=32, depth=3, num_heads=4)
 VARIANTS = {
-    'vanilla': dict(),
-    'register': dict(num_registers=4),
-    'g1': dict(gate='g1'),
-    'g2': dict(gate='g2'),
+    **variants.VARIANTS,   # the study's four
     'svd': dict(svd_tap_layers=(1, 3), svd_rank=5, head='mlp', layerscale_init=0.0),
     'distill': dict(distillation=True, pos_embed='all', layerscale_init=0.0),
 }
@@ -213,7 +211,7 @@ def np_vit(params, images, m: vit.ViT):
   return logits
 
 
-@pytest.mark.parametrize('name', ['vanilla', 'register', 'g1', 'g2', 'distill'])
+@pytest.mark.parametrize('name', ['vanilla', 'register', 'sdpa_gated', 'value_gated', 'distill'])
 def test_forward_matches_numpy_reference(name):
   extra = dict(head='mlp', layerscale_init=0.5) if name == 'vanilla' else {}
   model = vit.ViT(**TINY, **{**VARIANTS[name], **extra})

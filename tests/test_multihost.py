@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, run_main
 import tiny_run
-from vit_jax import distributed
+from vit_jax import exits
 
 
 def _free_port() -> int:
@@ -99,7 +99,7 @@ def test_another_batch_size_is_refused_before_anything_is_touched(tmp_path):
 @pytest.mark.parametrize('signalled', [(1,), (0, 1)])
 def test_sigterm_to_one_or_both_processes_saves_one_step_and_resumes_exactly(tmp_path,
                                                                              signalled):
-  """SIGTERM mid-epoch 2 (vit_jax/faults.py: at a fixed step) to process 1, or to both:
+  """SIGTERM mid-epoch 2 (vit_jax/train/faults.py: at a fixed step) to process 1, or to both:
   JAX's preemption sync picks one step for both, both exit 75 with that checkpoint
   written, and the relaunched pair finishes like an uninterrupted run."""
   workdir = tmp_path / 'run'
@@ -122,7 +122,7 @@ def test_sigterm_to_one_or_both_processes_saves_one_step_and_resumes_exactly(tmp
 
 
 def _one_line_error(proc):
-  assert proc.returncode == distributed.EXIT_ERROR, proc.stderr[-2000:]
+  assert proc.returncode == exits.ERROR, proc.stderr[-2000:]
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr[-2000:]
   return lines[0]

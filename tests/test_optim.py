@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from vit_jax import optim
 from vit_jax.models import vit
+from vit_jax.train import optim
 
 
 def test_decay_mask_on_a_vit():

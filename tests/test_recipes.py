@@ -6,15 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import checkpoint
 from vit_jax import config_lib
-from vit_jax import losses
 from vit_jax import models
-from vit_jax import teacher
-from vit_jax import train
+from vit_jax.data import augment
 from vit_jax.data import pipeline
 from vit_jax.data import sources
 from vit_jax.models.resnet import ResNet
+from vit_jax.train import checkpoint
+from vit_jax.train import losses
+from vit_jax.train import steps
+from vit_jax.train import teacher
 
 
 def test_resnet50_param_count_by_hand():
@@ -38,7 +39,7 @@ def _teacher_workdir(tmp_path, width=16):
   """A teacher checkpoint in the real on-disk format, from an untrained quick teacher."""
   c = config_lib.load('teacher_resnet', 'quick')
   c.model.width = width
-  trainer = train.Trainer(c)
+  trainer = steps.Trainer(c)
   state = trainer.setup(steps_per_epoch=1)
   mngr = checkpoint.manager(str(tmp_path), 10)
   checkpoint.save(mngr, 3, state, {'seed': 0}, {'val_acc1': 50.0})
@@ -79,14 +80,14 @@ def test_frozen_teacher_inside_the_train_step(tmp_path):
   teacher_params = _teacher_workdir(tmp_path)
   c = _distill_config(str(tmp_path))
   pair = teacher.load(c.teacher, 10)
-  trainer = train.Trainer(c, teacher=pair)
+  trainer = steps.Trainer(c, teacher=pair)
   state = trainer.setup(steps_per_epoch=1)
   params0 = jax.device_get(state.params)
   batch = next(pipeline.eval_batches(sources.digits('train', 16), 64))
   del batch['mask']
   state, metrics = trainer.train_step(state, trainer.global_batch(batch))
 
-  images = train.normalize(jnp.asarray(batch['image']), c.dataset)
+  images = augment.normalize(jnp.asarray(batch['image']), c.dataset)
   t_logits = pair[0].apply({'params': teacher_params}, images)[0]
   _, out = trainer.model.apply({'params': params0}, images, train=True,
                                rngs={'dropout': jax.random.key(0)})
@@ -111,7 +112,7 @@ def test_bfloat16_training_tracks_float32():
   results = {}
   for dtype in ('float32', 'bfloat16'):
     c.dtype = dtype
-    trainer = train.Trainer(c)
+    trainer = steps.Trainer(c)
     state = trainer.setup(steps_per_epoch=40)
     step_losses = []
     for i in range(40):
@@ -121,7 +122,7 @@ def test_bfloat16_training_tracks_float32():
       assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
     assert all(l.dtype == jnp.float32 for l in step_losses)
     logits, _ = trainer.model.apply({'params': state.params},
-                                    train.normalize(jnp.asarray(batches[0]['image']), c.dataset))
+                                    augment.normalize(jnp.asarray(batches[0]['image']), c.dataset))
     assert logits.dtype == jnp.float32
     results[dtype] = (np.asarray(step_losses, np.float64), np.asarray(logits))
   f32, bf16 = results['float32'][0], results['bfloat16'][0]

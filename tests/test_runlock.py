@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, run_main
 import tiny_run
 from vit_jax import runlock
-from vit_jax import train
+from vit_jax.train import loop
 
 EXIT_ERROR = 2
 
@@ -118,7 +118,7 @@ def test_lock_rules(tmp_path):
 def test_an_unreadable_step_that_cannot_be_set_aside_is_skipped(tmp_path, monkeypatch, capsys):
   """The step vanishes (or cannot be renamed) between the failed read and the rename."""
   workdir = str(tmp_path)
-  train.train_and_evaluate(tiny_run.config(), workdir, stop_after_epoch=2)
+  loop.train_and_evaluate(tiny_run.config(), workdir, stop_after_epoch=2)
   data = os.path.join(workdir, 'checkpoints', '2', 'state', 'd')
   for name in os.listdir(data):
     os.truncate(os.path.join(data, name), 0)
@@ -130,7 +130,7 @@ def test_an_unreadable_step_that_cannot_be_set_aside_is_skipped(tmp_path, monkey
     return real_rename(src, dst, *a, **k)
   monkeypatch.setattr(os, 'rename', failing_rename)
   capsys.readouterr()
-  row = train.train_and_evaluate(tiny_run.config(total_epochs=1), workdir)
+  row = loop.train_and_evaluate(tiny_run.config(total_epochs=1), workdir)
   err = capsys.readouterr().err
   assert 'checkpoint step 2' in err and 'falling back to step 1' in err
   assert 'could not set checkpoint step 2 aside (No such file or directory' in err

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from vit_jax import metrics_io
-from vit_jax import train
 from vit_jax import config_lib
+from vit_jax.train import loop
+from vit_jax.train import metrics_io
 
 
 def quick_config(**model):
@@ -29,7 +29,7 @@ def test_quick_config_learns_and_writes_workdir(tmp_path):
   c = quick_config()
   c.total_epochs = 12
   workdir = str(tmp_path)
-  last = train.train_and_evaluate(c, workdir)
+  last = loop.train_and_evaluate(c, workdir)
   assert last['val_acc1'] > 40.0          # 10 classes: chance is 10%
   rows = read_rows(workdir)
   assert [int(r['epoch']) for r in rows] == list(range(1, 13))
@@ -53,10 +53,10 @@ def test_quick_config_learns_and_writes_workdir(tmp_path):
 def test_resume_continues_exactly(tmp_path):
   c = quick_config(depth=2, width=32, num_heads=2)
   c.total_epochs = 3
-  full = train.train_and_evaluate(c, str(tmp_path / 'full'))
-  train.train_and_evaluate(c, str(tmp_path / 'cut'), stop_after_epoch=2)
+  full = loop.train_and_evaluate(c, str(tmp_path / 'full'))
+  loop.train_and_evaluate(c, str(tmp_path / 'cut'), stop_after_epoch=2)
   assert len(read_rows(tmp_path / 'cut')) == 2
-  resumed = train.train_and_evaluate(c, str(tmp_path / 'cut'))
+  resumed = loop.train_and_evaluate(c, str(tmp_path / 'cut'))
   rows_full, rows_cut = read_rows(tmp_path / 'full'), read_rows(tmp_path / 'cut')
   assert [r['epoch'] for r in rows_cut] == ['1', '2', '3']
   for a, b in zip(rows_full, rows_cut):

@@ -7,8 +7,8 @@ import tempfile
 import jax
 
 from vit_jax import config_lib
-from vit_jax import train
 from vit_jax.data import sources
+from vit_jax.train import loop
 
 # configs/vanilla.py:quick shrunk to two blocks; batch 4 gives 375 steps per epoch,
 # long enough to be interrupted mid-epoch. Every epoch's checkpoint is kept.
@@ -53,7 +53,7 @@ def rows(workdir) -> list[dict]:
 def reference(**more) -> tuple:
   """metrics.csv rows of one uninterrupted single-process run (made once per session)."""
   workdir = tempfile.mkdtemp(prefix='tiny_reference_')
-  train.train_and_evaluate(config(**more), workdir)
+  loop.train_and_evaluate(config(**more), workdir)
   return tuple(rows(workdir))
 
 

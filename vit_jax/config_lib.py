@@ -11,7 +11,6 @@ import os
 
 import ml_collections
 
-TRAINERS = ('train', 'analyze', 'crystallize')
 ARGS = ('', 'quick')
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
@@ -38,7 +37,7 @@ def load(name: str, arg: str = '') -> ml_collections.ConfigDict:
 
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.trainer = 'train'               # what main runs: one of TRAINERS
+  c.trainer = 'train'               # what main runs: a name in vit_jax/trainers.py
   c.seed = 0
   c.total_epochs = 100
   c.batch_size = 256                # global, over all devices and processes

@@ -12,7 +12,8 @@ import threading
 
 import jax
 
-EXIT_ERROR = 2   # bad input or a fault that a retry cannot fix (see launch/autorestart.sh)
+from vit_jax import exits
+
 
 
 # (name, process-count variable, variable that only a launched task has): what
@@ -67,7 +68,7 @@ def initialize(cfg) -> None:
           f'must connect to {where} (is the address reachable from every host, and were '
           f'exactly {count} processes launched?)\n')
       sys.stderr.flush()
-      os._exit(EXIT_ERROR)   # the runtime's own timeout would abort with a C++ trace
+      os._exit(exits.ERROR)   # the runtime's own timeout would abort with a C++ trace
 
   threading.Thread(target=give_up, daemon=True).start()
   try:

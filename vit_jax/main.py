@@ -13,10 +13,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from vit_jax import config_lib
 from vit_jax import distributed
+from vit_jax import exits
 from vit_jax import preflight
 from vit_jax import runlock
+from vit_jax import trainers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].', lock_config=True)
@@ -80,9 +81,9 @@ def main(argv):
 
 def take_lock(config, workdir: str):
   """The workdir's run lock, taken once per job (by process 0) after every process has
-  passed preflight (which refuses a workdir a live run holds); None for the analysis,
-  which only reads a workdir and may run beside its training."""
-  if config.trainer not in preflight.LOCKING_TRAINERS:
+  passed preflight (which refuses a workdir a live run holds); None for a trainer that
+  only reads the workdir."""
+  if not trainers.get(config.trainer).writes_workdir:
     return None
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
@@ -93,33 +94,16 @@ def take_lock(config, workdir: str):
 
 
 def dispatch(config):
-  if config.trainer == 'train':
-    from vit_jax import train
-    try:
-      train.train_and_evaluate(config, FLAGS.workdir)
-    except (FloatingPointError, OSError, ValueError) as e:
-      sys.exit(f'error: {e}')
-    except train.Preempted as e:
-      print(e, file=sys.stderr, flush=True)
-      sys.exit(EXIT_PREEMPTED)
-  elif config.trainer == 'analyze':
-    from vit_jax.analysis import run as analysis
-    analysis.analyze(config, FLAGS.workdir)
-  elif config.trainer == 'crystallize':
-    from vit_jax.crystallize import run
-    try:
-      run.run(config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError) as e:
-      sys.exit(f'error: {e}')
-  else:  # preflight guarantees this is unreachable; kept for new trainers
-    raise AssertionError(f'trainer {config.trainer!r} in {config_lib.TRAINERS} has no dispatch')
-
-
-# Exit codes, which launch/autorestart.sh acts on: 0 done; EXIT_ERROR (2) one
-# `error: ...` line, a retry would fail the same way; EXIT_PREEMPTED (75, EX_TEMPFAIL)
-# stopped by SIGTERM after writing a checkpoint, run again to resume; anything
-# else is a crash, resumable from the last checkpoint.
-EXIT_PREEMPTED = 75
+  """Run config.trainer; its bad-input errors become one line (exit 2), a preemption
+  exit 75 (vit_jax/exits.py)."""
+  spec = trainers.get(config.trainer)
+  try:
+    trainers.function(spec.run)(config, FLAGS.workdir)
+  except spec.errors as e:
+    sys.exit(f'error: {e}')
+  except exits.Preempted as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(exits.PREEMPTED)
 
 
 if __name__ == '__main__':
@@ -128,5 +112,5 @@ if __name__ == '__main__':
   except SystemExit as e:
     if isinstance(e.code, str):   # sys.exit('error: ...')
       print(e.code, file=sys.stderr, flush=True)
-      sys.exit(distributed.EXIT_ERROR)
+      sys.exit(exits.ERROR)
     raise

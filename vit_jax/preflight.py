@@ -4,23 +4,20 @@ import tempfile
 
 import jax
 
-from vit_jax import checkpoint
-from vit_jax import config_lib
-from vit_jax import losses
 from vit_jax import models
-from vit_jax import optim
 from vit_jax import runlock
-from vit_jax import teacher
-from vit_jax import token_norms
+from vit_jax import trainers
 from vit_jax.data import augment
 from vit_jax.data import pil_ops
 from vit_jax.data import pipeline
 from vit_jax.data import randaugment
 from vit_jax.data import sources
-
-
-# Trainers that write the workdir hold its run lock; the analysis only reads it.
-LOCKING_TRAINERS = ('train', 'crystallize')
+from vit_jax.models import token_norms
+from vit_jax.train import checkpoint
+from vit_jax.train import losses
+from vit_jax.train import optim
+from vit_jax.train import steps
+from vit_jax.train import teacher
 
 
 def lock_settings(config) -> dict:
@@ -33,18 +30,21 @@ def lock_settings(config) -> dict:
 
 
 def check(config, workdir: str) -> None:
-  if config.trainer not in config_lib.TRAINERS:
-    raise ValueError(f'trainer={config.trainer!r} is not one of {config_lib.TRAINERS}')
-  if config.trainer in LOCKING_TRAINERS:   # a live run's workdir: refused before anything
+  spec = trainers.get(config.trainer)
+  if spec.writes_workdir:   # a live run's workdir: refused before anything
     runlock.check(workdir, lock_settings(config)['lease_s'])
-  if config.trainer == 'crystallize':  # a GPT-2 study: none of the ViT fields below apply
-    from vit_jax.crystallize import checks
-    checks.check(config, workdir)
-    return
+  if spec.vit_config:
+    check_vit(config, workdir, spec)
+  if spec.check:
+    trainers.function(spec.check)(config, workdir)
+
+
+def check_vit(config, workdir: str, spec) -> None:
+  """The fields of a config built on config_lib.base()."""
   if config.loss.name not in losses.LOSSES:
     raise ValueError(f'loss.name={config.loss.name!r} is not one of {tuple(losses.LOSSES)}')
   if config.optim.name not in optim.OPTIMIZERS:
-    raise ValueError(f'optim.name={config.optim.name!r} is not one of {optim.OPTIMIZERS}')
+    raise ValueError(f'optim.name={config.optim.name!r} is not one of {tuple(optim.OPTIMIZERS)}')
   optim.scaled_lr(config.optim, config.batch_size)
   if config.probe.outlier_rule not in token_norms.OUTLIER_RULES:
     raise ValueError(f'probe.outlier_rule={config.probe.outlier_rule!r} is not one of '
@@ -60,20 +60,14 @@ def check(config, workdir: str) -> None:
     if not getattr(model, 'distillation', False):
       raise ValueError(f'teacher.kind={config.teacher.kind!r} needs model.distillation=True')
     teacher.check(config.teacher, config.dataset.num_classes)
-  n = jax.device_count()
-  for name in ('batch_size', 'eval_batch_size'):
-    if config[name] <= 0 or config[name] % n:
-      raise ValueError(f'{name}={config[name]} must be a positive multiple of the {n} devices')
+  steps.check_batch_sizes(config, jax.device_count())
   check_ranges(config)
   check_choices(config)
   check_randaugment(config.augment)
   sources.check_available(config.dataset)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f'workdir={workdir!r} exists and is not a directory')
-  if config.trainer == 'analyze':
-    from vit_jax.analysis import run as analysis
-    analysis.check(config, workdir)
-  else:
+  if spec.writes_workdir:
     check_writable(workdir)
     check_resume(config, workdir, model)
 
@@ -172,16 +166,15 @@ def check_resume(config, workdir: str, model) -> None:
   candidates = []
   for folder in (os.path.join(ckpt_dir, checkpoint.PREEMPTED), ckpt_dir):
     candidates += [(folder, s) for s in reversed(checkpoint.saved_steps(folder))]
-  expected = models.abstract_params(model)
   for folder, step in candidates:
     try:
-      mismatch = checkpoint.param_mismatch(os.path.join(folder, str(step)), expected)
+      checkpoint.saved_param_shapes(os.path.join(folder, str(step)))
     except Exception:  # unreadable: the restore warns and falls back past it
       continue
-    if mismatch:
-      raise ValueError(f'workdir {workdir!r} holds a checkpoint of a different model '
-                       f'({os.path.relpath(folder, workdir)} step {step}): {mismatch}; '
-                       'use a new --workdir')
+    checkpoint.require_model(
+        os.path.join(folder, str(step)), model,
+        f'workdir {workdir!r} holds a checkpoint of a different model '
+        f'({os.path.relpath(folder, workdir)} step {step})', 'use a new --workdir')
     saved = checkpoint.saved_data_state(os.path.join(folder, str(step)))
     current = dict(global_batch=config.batch_size, seed=config.seed,
                    repeats=config.dataset.repeated_aug, num_records=(saved or {}).get(

@@ -7,10 +7,10 @@ import importlib.util
 import jax
 import jax.numpy as jnp
 
-from vit_jax import teacher
 from vit_jax.data import augment
 from vit_jax.data import pipeline
 from vit_jax.data import sources
+from vit_jax.train import teacher
 
 SETTINGS = [('no augmentation', {}), ('reflect-pad-1 crop', {'pad': 1}),
             ('reflect-pad-2 crop', {'pad': 2}), ('cutmix 1.0', {'cutmix': 1.0}),

@@ -18,27 +18,16 @@ import tempfile
 import time
 
 import numpy as np
-from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from vit_jax import checkpoint  # noqa: E402
 from vit_jax import config_lib  # noqa: E402
-from vit_jax import train  # noqa: E402
+from vit_jax.bench import data as bench_data  # noqa: E402
+from vit_jax.train import checkpoint  # noqa: E402
+from vit_jax.train import steps  # noqa: E402
 
 CLASSES = 4
-
-
-def image_folder(root: str) -> None:
-  rng = np.random.default_rng(0)
-  for split, n in (('train', 256), ('val', 16)):
-    for i in range(n):
-      folder = os.path.join(root, split, f'n{i % CLASSES:08d}')
-      os.makedirs(folder, exist_ok=True)
-      base = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
-      Image.fromarray(base).resize((500, 375), Image.BICUBIC).save(
-          os.path.join(folder, f'{i}.JPEG'), quality=90)
 
 
 def overrides(data_dir: str) -> dict:
@@ -58,7 +47,7 @@ def apply(c, over: dict):
 
 def untrained_teacher(workdir: str, data_dir: str) -> None:
   c = apply(config_lib.load('teacher_resnet'), overrides(data_dir))
-  trainer = train.Trainer(c)
+  trainer = steps.Trainer(c)
   state = trainer.setup(steps_per_epoch=1)
   mngr = checkpoint.manager(workdir, 1)
   checkpoint.save(mngr, 1, state, {'seed': 0}, {'val_acc1': 0.0})
@@ -67,12 +56,12 @@ def untrained_teacher(workdir: str, data_dir: str) -> None:
 
 def step_seconds(c, steps: int = 3) -> float:
   """Median time of one compiled train step of this config (synthetic uint8 batch)."""
-  trainer = train.Trainer(c)
+  trainer = steps.Trainer(c)
   teacher = None
   if c.teacher.kind != 'none':
-    from vit_jax import teacher as teacher_lib
+    from vit_jax.train import teacher as teacher_lib
     teacher = teacher_lib.load(c.teacher, c.dataset.num_classes)
-    trainer = train.Trainer(c, teacher=teacher)
+    trainer = steps.Trainer(c, teacher=teacher)
   state = trainer.setup(steps_per_epoch=32)
   rng = np.random.default_rng(0)
   batch = trainer.global_batch({
@@ -112,7 +101,7 @@ def preempt(args: list[str]) -> dict:
 def main():
   with tempfile.TemporaryDirectory() as tmp:
     data = os.path.join(tmp, 'in')
-    image_folder(data)
+    bench_data.jpeg_folder(data, 256, n_val=16, classes=CLASSES)
     untrained_teacher(os.path.join(tmp, 'teacher'), data)
     runs = {
         'vanilla (ViT-S/16, DeiT-III recipe)': ('vanilla', {}),

@@ -17,9 +17,9 @@ from timm.data import mixup as timm_mixup
 from timm.data.random_erasing import RandomErasing
 
 from vit_jax import config_lib
-from vit_jax import losses
 from vit_jax.data import augment
 from vit_jax.data import pil_ops
+from vit_jax.train import losses
 
 H, W = 30, 26
 

@@ -12,7 +12,7 @@ from timm.data.mixup import mixup_target
 from timm.loss import SoftTargetCrossEntropy
 
 from vit_jax import config_lib
-from vit_jax import losses
+from vit_jax.train import losses
 
 B, C = 6, 10
 RTOL = 1e-6

@@ -16,9 +16,9 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from vit_jax import config_lib
-from vit_jax import optim
 from vit_jax.models import convert
 from vit_jax.models import vit
+from vit_jax.train import optim
 from refutil import Seed000, randomize_
 
 STEPS = 5

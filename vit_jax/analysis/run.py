@@ -15,15 +15,16 @@ import re
 import jax
 import numpy as np
 
-from vit_jax import checkpoint
-from vit_jax import metrics_io
 from vit_jax import models
-from vit_jax import token_norms
+from vit_jax.analysis import analyses
 from vit_jax.analysis import plots
-from vit_jax.analysis import stats
 from vit_jax.data import augment
 from vit_jax.data import pipeline
 from vit_jax.data import sources
+from vit_jax.models import token_norms
+from vit_jax.models import vit
+from vit_jax.train import checkpoint
+from vit_jax.train import metrics_io
 
 
 def select_epoch(workdir: str, spec: str) -> int:
@@ -57,10 +58,8 @@ def check(config, workdir: str) -> int:
   epoch = select_epoch(workdir, config.analysis.checkpoint)
   model = models.build_model(config.model, config.dataset.num_classes, 'float32')
   step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
-  mismatch = checkpoint.param_mismatch(step_dir, models.abstract_params(model))
-  if mismatch:
-    raise ValueError(f'checkpoint {step_dir!r} was made with another model than this config: '
-                     f'{mismatch}')
+  checkpoint.require_model(step_dir, model,
+                           f'checkpoint {step_dir!r} was made with another model than this config')
   return epoch
 
 
@@ -72,12 +71,6 @@ def epoch_norms(workdir: str, sub: str = '') -> dict:
     if m:
       out[int(m.group(1))] = np.load(path)
   return out
-
-
-def outlier_line(norms: np.ndarray, probe_cfg) -> float:
-  if probe_cfg.outlier_rule == 'relative':
-    return float(probe_cfg.outlier_factor * np.median(norms))
-  return float(probe_cfg.outlier_threshold)
 
 
 def capture(config, params, images: np.ndarray) -> dict:
@@ -107,30 +100,21 @@ def probe_images(config) -> np.ndarray:
   return batch['image'][batch['mask']]
 
 
-def summarize(config, workdir: str, epoch: int) -> tuple[dict, dict]:
-  """(the JSON summary, the arrays the plots need)."""
+def summarize(config, workdir: str, epoch: int) -> tuple[dict, list]:
+  """(the JSON summary, [(plot file, figure)]) of every analysis in analyses.ANALYSES."""
   step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
   params = load_params(config, step_dir)
   images = probe_images(config)
   out = capture(config, params, images)
-  lay = stats.layout(config.model)
-  layer_norms, output_norms = out['norms']['layers'], out['norms']['output']
-  attn = [np.asarray(a) for a in out['attn']]
-  attn_rows = stats.attention_stats(attn, lay)
-  act_rows = stats.activation_stats(out['blocks'])
-  gate_rows = stats.gate_stats(out['gates'], config.analysis.gate_sparse_below)
-  layers = []
-  for i, (norm_row, a_row, x_row) in enumerate(
-      zip(stats.layer_norm_stats(layer_norms, config.probe), attn_rows, act_rows)):
-    row = {'block': i + 1, **norm_row, **a_row, **x_row}
-    if gate_rows:
-      row.update({f'gate_{k}': v for k, v in gate_rows[i].items()})
-    layers.append(row)
-
+  cap = analyses.Capture(
+      config=config, images=images, layout=vit.token_layout(config.model),
+      attn=[np.asarray(a) for a in out['attn']], blocks=out['blocks'], gates=out['gates'],
+      layer_norms=out['norms']['layers'], output_norms=out['norms']['output'],
+      per_epoch=epoch_norms(workdir), per_epoch_layers=epoch_norms(workdir, 'layers'))
+  results, figures = analyses.run_all(cap)
   rows = metrics_io.read(os.path.join(workdir, 'metrics.csv'))
   best = max(rows, key=lambda r: float(r['val_acc1']))
   at_epoch = next((r for r in rows if int(r['epoch']) == epoch), None)
-  per_epoch = epoch_norms(workdir)
   summary = {
       'workdir': os.path.abspath(workdir),
       'checkpoint_epoch': epoch,
@@ -141,47 +125,14 @@ def summarize(config, workdir: str, epoch: int) -> tuple[dict, dict]:
       'probe_images': int(images.shape[0]),
       'outlier_rule': {k: config.probe[k] for k in ('outlier_rule', 'outlier_factor',
                                                     'outlier_threshold')},
-      'output_norms': stats.norm_stats(output_norms, config.probe),
-      'output_outlier_tokens': stats.outlier_tokens(output_norms, config.probe)[:50],
-      'epochs': [{'epoch': e, **stats.norm_stats(per_epoch[e], config.probe)}
-                 for e in sorted(per_epoch)],
-      'layers': layers,
-      'gates': ({'mean': float(np.mean([g['mean'] for g in gate_rows])),
-                 'sparsity': float(np.mean([g['sparsity'] for g in gate_rows])),
-                 'sparse_below': config.analysis.gate_sparse_below} if gate_rows else None),
+      **results,
   }
-  arrays = {'images': images, 'attn': attn, 'layer_norms': layer_norms, 'layout': lay,
-            'gate_rows': gate_rows, 'attn_rows': attn_rows, 'act_rows': act_rows,
-            'per_epoch': per_epoch, 'per_epoch_layers': epoch_norms(workdir, 'layers')}
-  return summary, arrays
+  return summary, figures
 
 
-def make_plots(config, workdir: str, arrays: dict) -> list[str]:
-  plot_dir = os.path.join(workdir, 'plots')
-  written = []
-  per_epoch = arrays['per_epoch']
-  if per_epoch:
-    chosen = {e: per_epoch[e] for e in plots.pick_epochs(list(per_epoch))}
-    lines = {e: outlier_line(v, config.probe) for e, v in chosen.items()}
-    written.append(plots.save(plots.norm_histograms(chosen, lines),
-                              os.path.join(plot_dir, 'l2_norms_per_epoch.png')))
-  written.append(plots.save(plots.layer_norms(arrays['layer_norms'],
-                                              arrays['per_epoch_layers'] or None),
-                            os.path.join(plot_dir, 'l2_norms_per_layer.png')))
-  k = config.analysis.num_images
-  lay = arrays['layout']
-  written.append(plots.save(plots.cls_attention(arrays['images'][:k], arrays['attn'][-1][:k],
-                                                lay.patches),
-                            os.path.join(plot_dir, 'attention_cls.png')))
-  if lay.num_registers:
-    written.append(plots.save(plots.register_attention(arrays['images'], arrays['attn'], lay),
-                              os.path.join(plot_dir, 'attention_registers.png')))
-  if arrays['gate_rows']:
-    written.append(plots.save(plots.gates(arrays['gate_rows']),
-                              os.path.join(plot_dir, 'gates.png')))
-  written.append(plots.save(plots.sinks(arrays['attn_rows'], arrays['act_rows']),
-                            os.path.join(plot_dir, 'sinks.png')))
-  return [os.path.relpath(p, workdir) for p in written]
+def save_plots(workdir: str, figures: list) -> list[str]:
+  return [os.path.relpath(plots.save(fig, os.path.join(workdir, 'plots', name)), workdir)
+          for name, fig in figures]
 
 
 def report(summary: dict) -> str:
@@ -222,8 +173,8 @@ def _write_atomic(path: str, text: str) -> None:
 
 def analyze(config, workdir: str) -> dict:
   epoch = check(config, workdir)
-  summary, arrays = summarize(config, workdir, epoch)
-  summary['plots'] = make_plots(config, workdir, arrays)
+  summary, figures = summarize(config, workdir, epoch)
+  summary['plots'] = save_plots(workdir, figures)
   _write_atomic(os.path.join(workdir, 'analysis.json'), json.dumps(summary, indent=1))
   _write_atomic(os.path.join(workdir, 'analysis.md'), report(summary))
   o = summary['output_norms']

@@ -15,8 +15,8 @@ import math
 import os
 import sys
 
-from vit_jax import checkpoint
-from vit_jax import metrics_io
+from vit_jax.train import checkpoint
+from vit_jax.train import metrics_io
 
 
 def _param_count(workdir: str) -> int:

@@ -2,40 +2,10 @@
 
 Token order is the model's: [cls, dist?, registers..., patches].
 """
-import dataclasses
-
 import numpy as np
 
-from vit_jax import token_norms
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-  """Where each kind of token sits in the sequence."""
-  num_special: int      # cls (+ dist)
-  num_registers: int
-  num_patches: int
-
-  @property
-  def registers(self) -> slice:
-    return slice(self.num_special, self.num_special + self.num_registers)
-
-  @property
-  def patches(self) -> slice:
-    return slice(self.num_special + self.num_registers, None)
-
-  def kind(self, index: int) -> str:
-    if index == 0:
-      return 'cls'
-    if index < self.num_special:
-      return 'dist'
-    return 'register' if index < self.num_special + self.num_registers else 'patch'
-
-
-def layout(model_cfg) -> Layout:
-  n_special = 2 if model_cfg.distillation else 1
-  n_patches = (model_cfg.image_size // model_cfg.patch_size) ** 2
-  return Layout(n_special, model_cfg.num_registers, n_patches)
+from vit_jax.models import token_norms
+from vit_jax.models import vit
 
 
 def norm_stats(norms: np.ndarray, probe_cfg) -> dict:
@@ -57,7 +27,7 @@ def outlier_tokens(norms: np.ndarray, probe_cfg) -> list[tuple[int, int]]:
   return [tuple(int(i) for i in ij) for ij in np.argwhere(mask)]
 
 
-def attention_stats(attn: list[np.ndarray], lay: Layout) -> list[dict]:
+def attention_stats(attn: list[np.ndarray], lay: vit.TokenLayout) -> list[dict]:
   """Per layer, from (B, H, T, T) attention probabilities.
 
   sink_share: the attention mass (averaged over heads and queries) that the

@@ -1,5 +1,4 @@
 """config.trainer == 'crystallize': text -> blocks -> model -> study -> table, JSON, plots."""
-import json
 import os
 import time
 

@@ -68,9 +68,10 @@ def center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> n
 
 
 def train_crop(image: np.ndarray, dataset_cfg, rng: np.random.Generator) -> np.ndarray:
-  """The CPU transforms of one training record: a folder image's RandomResizedCrop (bicubic)
-  to dataset.image_size, then the padded random crop if dataset.random_crop_padding."""
-  if dataset_cfg.name in sources.FOLDER_DATASETS:
+  """The CPU transforms of one training record: an image of any size (sources.DATASETS) gets
+  a RandomResizedCrop (bicubic) to dataset.image_size, then the padded random crop if
+  dataset.random_crop_padding."""
+  if sources.lookup(dataset_cfg.name).any_size:
     top, left, h, w = random_resized_crop_box(rng, *image.shape[:2])
     image = _resize(image[top:top + h, left:left + w], dataset_cfg.image_size,
                     dataset_cfg.image_size)
@@ -153,3 +154,12 @@ def eval_batches(source, batch_size: int, limit: int | None = None, image_size: 
     yield {'image': np.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))),
            'label': np.pad(labels, (0, pad)),
            'mask': np.arange(batch_size) < real, 'unreadable': unreadable}
+
+
+def report_unreadable(where: str, what: str, paths) -> None:
+  """One line per run of a loop naming each unreadable file once (this process's share)."""
+  paths = sorted(set(paths))
+  if paths:
+    who = f'process {jax.process_index()}: ' if jax.process_count() > 1 else ''
+    print(f'{who}{where}: {what} {len(paths)} unreadable image(s): ' + '; '.join(paths),
+          flush=True)

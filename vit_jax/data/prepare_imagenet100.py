@@ -26,6 +26,7 @@ import sys
 from absl import app
 from absl import flags
 
+from vit_jax import exits
 from vit_jax.data import imagefolder
 
 _SRC = flags.DEFINE_string('src', None, 'ImageNet-1k root or the train.X*/val.X archive root.')
@@ -36,7 +37,6 @@ _VAL_LABELS = flags.DEFINE_string(
     'or a text file of one wnid per line for the sorted val images.')
 
 CLASS_FILE = os.path.join(os.path.dirname(__file__), 'imagenet100_classes.txt')
-EXIT_ERROR = 2
 
 
 def class_list() -> list[str]:
@@ -163,7 +163,7 @@ def main(argv):
     counts = build(_SRC.value, _DST.value, _COPY.value, _VAL_LABELS.value)
   except (OSError, ValueError, KeyError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(EXIT_ERROR)
+    sys.exit(exits.ERROR)
   print(f"wrote {_DST.value}: {counts['train']} train and {counts['val']} val images")
 
 

@@ -1,12 +1,34 @@
 """Random-access data sources: each item is {'image': uint8 (H, W, 3), 'label': int}."""
+import dataclasses
 import json
 import os
 
 import numpy as np
 
-DATASETS = ('digits', 'cifar10', 'cifar100', 'imagenet100')
-FOLDER_DATASETS = ('imagenet100',)
-_TFDS_SPLITS = {'train': 'train', 'val': 'test'}
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """How a data set is stored and how its images are cropped."""
+  storage: str                 # 'digits' (scikit-learn's, in memory) | 'tfds' | 'folder'
+  # Images of any size: training takes a RandomResizedCrop to dataset.image_size and
+  # evaluation a centre crop (dataset.eval_crop_ratio); otherwise they come at that size.
+  any_size: bool = False
+  tfds_splits: tuple = (('train', 'train'), ('val', 'test'))   # ours -> the tfds split
+
+
+# dataset.name -> Dataset: the one table of data sets (a new one is a line here).
+DATASETS = {
+    'digits': Dataset('digits'),
+    'cifar10': Dataset('tfds'),
+    'cifar100': Dataset('tfds'),
+    'imagenet100': Dataset('folder', any_size=True),   # data/prepare_imagenet100.py
+}
+
+
+def lookup(name: str) -> Dataset:
+  if name not in DATASETS:
+    raise ValueError(f'dataset.name={name!r} is not one of {tuple(DATASETS)}')
+  return DATASETS[name]
 RANDOM_ACCESS_FORMATS = ('array_record', 'parquet')   # what tfds.data_source reads
 DIGITS_VAL_SIZE = 297   # fixed split of the 1,797 images: 1,500 train / 297 validation
 
@@ -74,37 +96,34 @@ def check_tfds_prepared(name: str, data_dir: str) -> None:
 def tfds_source(name: str, split: str, data_dir: str):
   import tensorflow_datasets as tfds
   check_tfds_prepared(name, data_dir)
-  return tfds.data_source(name, split=_TFDS_SPLITS[split], data_dir=data_dir or None,
-                          download=False, try_gcs=False)
+  return tfds.data_source(name, split=dict(lookup(name).tfds_splits)[split],
+                          data_dir=data_dir or None, download=False, try_gcs=False)
 
 
 def get(dataset_cfg, split: str):
-  name = dataset_cfg.name
-  if name not in DATASETS:
-    raise ValueError(f'dataset.name={name!r} is not one of {DATASETS}')
-  if name == 'digits':
+  storage = lookup(dataset_cfg.name).storage
+  if storage == 'digits':
     return digits(split, dataset_cfg.image_size)
-  if name in FOLDER_DATASETS:
+  if storage == 'folder':
     from vit_jax.data import imagefolder
     return imagefolder.ImageFolderSource(dataset_cfg.data_dir, split)
-  return tfds_source(name, split, dataset_cfg.data_dir)
+  return tfds_source(dataset_cfg.name, split, dataset_cfg.data_dir)
 
 
 def eval_crop(dataset_cfg) -> int | None:
-  """Folder images come in any size: evaluation centre-crops them; the others are exact."""
-  return dataset_cfg.image_size if dataset_cfg.name in FOLDER_DATASETS else None
+  """Images of any size are centre-cropped to this for evaluation; the others are exact."""
+  return dataset_cfg.image_size if lookup(dataset_cfg.name).any_size else None
 
 
 def check_available(dataset_cfg) -> None:
   """One-line error, before any work, if the data set is not there."""
   name = dataset_cfg.name
-  if name not in DATASETS:
-    raise ValueError(f'dataset.name={name!r} is not one of {DATASETS}')
-  if name in FOLDER_DATASETS:
+  storage = lookup(name).storage
+  if storage == 'folder':
     from vit_jax.data import imagefolder
     if not dataset_cfg.data_dir:
       raise ValueError(f'dataset {name!r} needs --config.dataset.data_dir=DIR holding '
                        f'train/<class>/ and val/<class>/ (python -m vit_jax.data.prepare_imagenet100)')
     imagefolder.check_tree(dataset_cfg.data_dir)
-  elif name != 'digits':
+  elif storage == 'tfds':
     check_tfds_prepared(name, dataset_cfg.data_dir)

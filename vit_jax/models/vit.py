@@ -10,6 +10,7 @@ never get one and are dropped at the output.
 `capture=True` it also holds per-block tokens, attention probabilities and
 gate values, so analysis needs no second model.
 """
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -202,6 +203,35 @@ class Head(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=_dense_init, name='out')(x)
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenLayout:
+  """Where each kind of token sits in the sequence: [cls, dist?, registers..., patches]."""
+  num_special: int      # cls (+ dist)
+  num_registers: int
+  num_patches: int
+
+  @property
+  def registers(self) -> slice:
+    return slice(self.num_special, self.num_special + self.num_registers)
+
+  @property
+  def patches(self) -> slice:
+    return slice(self.num_special + self.num_registers, None)
+
+  def kind(self, index: int) -> str:
+    if index == 0:
+      return 'cls'
+    if index < self.num_special:
+      return 'dist'
+    return 'register' if index < self.num_special + self.num_registers else 'patch'
+
+
+def token_layout(model) -> TokenLayout:
+  """The layout of a ViT, from the module or from config.model (same field names)."""
+  return TokenLayout(2 if model.distillation else 1, model.num_registers,
+                     (model.image_size // model.patch_size) ** 2)
+
+
 class ViT(nn.Module):
   num_classes: int
   image_size: int = 224
@@ -260,11 +290,12 @@ class ViT(nn.Module):
                 dtype=self.dtype, name='patch_embed')(images.astype(self.dtype))
     x = x.reshape(b, -1, self.width)
     n_patches = x.shape[1]
+    lay = token_layout(self)
+    n_special = lay.num_special
 
     special = [token('cls', 1)]
     if self.distillation:
       special.append(token('dist', 1))
-    n_special = len(special)
     special = [jnp.broadcast_to(t, (b, 1, self.width)).astype(x.dtype) for t in special]
     if self.pos_embed == 'patches':
       x = x + token('pos_embedding', n_patches).astype(x.dtype)
@@ -277,7 +308,7 @@ class ViT(nn.Module):
                              (b, self.num_registers, self.width)).astype(x.dtype)
       x = jnp.concatenate([x[:, :n_special], reg, x[:, n_special:]], axis=1)
     x = nn.Dropout(self.dropout_rate)(x, deterministic)
-    first_patch = n_special + self.num_registers
+    first_patch = lay.patches.start
 
     out = {'blocks': [], 'attn': [], 'gates': []} if capture else {}
     svd_feats = []

@@ -26,8 +26,11 @@ import numpy as np
 
 from vit_jax import config_lib
 from vit_jax import models
+from vit_jax.models import variants
 
-VARIANTS = ('vanilla', 'register', 'sdpa_gated', 'value_gated', 'svd', 'distill')
+# The study's variants, and two more the benchmark times: seed 000's SVD taps and DeiT's
+# distillation token with its ResNet-50 teacher in the step.
+VARIANTS = tuple(variants.VARIANTS) + ('svd', 'distill')
 PATCH = {32: 4, 224: 16}
 
 _MODE = flags.DEFINE_enum('mode', 'step', ['step', 'epoch'], 'What `bench model` times.')
@@ -66,10 +69,8 @@ def variant_config(variant: str, image_size: int, dtype: str, batch: int,
   c.dataset.update(image_size=image_size, num_classes=100)
   c.model.update(image_size=image_size, patch_size=PATCH[image_size], layerscale_init=1e-4,
                  pos_embed='patches', attention_impl=attention)
-  if variant == 'register':
-    c.model.num_registers = 4
-  elif variant in ('sdpa_gated', 'value_gated'):
-    c.model.gate = 'g1' if variant == 'sdpa_gated' else 'g2'
+  if variant in variants.VARIANTS:
+    variants.apply(c.model, variant)
   elif variant == 'svd':   # after every quarter of the blocks: (3, 6, 9, 12) at depth 12
     depth = model_overrides.get('depth', c.model.depth)
     c.model.update(svd_tap_layers=tuple(sorted({max(1, depth * i // 4) for i in range(1, 5)})),
@@ -112,12 +113,12 @@ class JaxStep:
   """The project's jitted train step for one config, compiled once, with its analyses."""
 
   def __init__(self, config):
-    from vit_jax import train
+    from vit_jax.train import steps
     teacher = None
     if config.teacher.kind != 'none':
       t_model = models.build_model(config.teacher.model, config.dataset.num_classes)
       teacher = (t_model, models.init_params(t_model, jax.random.key(1)))
-    self.trainer = train.Trainer(config, teacher=teacher)
+    self.trainer = steps.Trainer(config, teacher=teacher)
     self.state = self.trainer.setup(steps_per_epoch=100)
     self.batch = self.trainer.global_batch(synthetic_batch(config, config.batch_size))
     t0 = time.perf_counter()
@@ -169,7 +170,7 @@ def interleaved_medians(runners: dict, rounds: int, warmup: int) -> dict:
 
 
 def _timm_runners(variants, image_size, batch, dtype, compile_list):
-  from vit_jax import bench_timm
+  from vit_jax.bench import timm_runner as bench_timm
   runners, notes = {}, {}
   for v in variants:
     modes = ['eager'] + (['compiled'] if v in compile_list else [])
@@ -246,12 +247,12 @@ def print_group(g: dict) -> None:
 def bench_epoch(dtype: str, batch: int, images: int, attention: str = 'xla',
                 pool: int = 4, **model_overrides) -> dict:
   """Seconds of one `images`-sized epoch of DeiT-S/4 (seed 000 recipe, on-device augmentation)."""
-  from vit_jax import train
+  from vit_jax.train import steps
   c = config_lib.load('deit_cifar100')
   c.batch_size = c.eval_batch_size = batch
   c.dtype = dtype
   c.model.update(attention_impl=attention, **model_overrides)
-  trainer = train.Trainer(c)
+  trainer = steps.Trainer(c)
   steps = images // batch
   state = trainer.setup(steps_per_epoch=steps)
   batches = [trainer.global_batch(synthetic_batch(c, batch, seed=i)) for i in range(pool)]

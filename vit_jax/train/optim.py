@@ -18,7 +18,6 @@ NO_DECAY_NAMES = frozenset({'cls', 'dist', 'registers', 'pos_embedding'})
 # The SVD tap projections get no gradient (the taps are detached); torch's optimizers
 # skip a parameter whose .grad is None, so in seed 000 they are not decayed either.
 NO_GRADIENT_PREFIXES = ('svd_proj_',)
-OPTIMIZERS = ('adamw', 'lamb', 'sgd')
 LR_SCALINGS = ('none', 'linear512')
 DECAY_SCOPES = ('matrices', 'all')
 SCHEDULE_UNITS = ('epoch', 'step')
@@ -99,18 +98,22 @@ def lamb(lr, b1, b2, eps, weight_decay, mask) -> optax.GradientTransformation:
   )
 
 
+# optim.name -> f(config.optim, lr schedule, decay mask): the one table of optimizers.
+OPTIMIZERS = {
+    'adamw': lambda cfg, lr, mask: optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                                               weight_decay=cfg.weight_decay, mask=mask),
+    'lamb': lambda cfg, lr, mask: lamb(lr, cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay, mask),
+    'sgd': lambda cfg, lr, mask: optax.chain(  # b1 is the (Nesterov) momentum
+        optax.add_decayed_weights(cfg.weight_decay, mask=mask),
+        optax.sgd(lr, momentum=cfg.b1, nesterov=True)),
+}
+
+
 def build(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
   if cfg.name not in OPTIMIZERS:
-    raise ValueError(f'optim.name={cfg.name!r} is not one of {OPTIMIZERS}')
+    raise ValueError(f'optim.name={cfg.name!r} is not one of {tuple(OPTIMIZERS)}')
   mask = functools.partial(decay_mask, scope=cfg.decay_scope)
-  if cfg.name == 'lamb':
-    opt = lamb(lr, cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay, mask)
-  elif cfg.name == 'adamw':
-    opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                      weight_decay=cfg.weight_decay, mask=mask)
-  else:
-    opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=mask),
-                      optax.sgd(lr, momentum=cfg.b1, nesterov=True))
+  opt = OPTIMIZERS[cfg.name](cfg, lr, mask)
   if cfg.clip_grad_norm:
     opt = optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), opt)
   return opt

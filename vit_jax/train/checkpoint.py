@@ -19,7 +19,8 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from vit_jax import faults
+from vit_jax import models
+from vit_jax.train import faults
 
 
 def manager(workdir: str, every_epochs: int, async_save: bool = True) -> ocp.CheckpointManager:
@@ -217,6 +218,14 @@ def best_step(folder: str) -> int | None:
   if scored:
     return max(scored)[1]
   return steps[-1] if steps else None
+
+
+def require_model(step_dir: str, model, what: str, advice: str = '') -> None:
+  """The one check that a checkpoint holds the params `model` builds (a resumed workdir, a
+  teacher, an analysed run): ValueError '<what>: <first difference>[; <advice>]'."""
+  mismatch = param_mismatch(step_dir, models.abstract_params(model))
+  if mismatch:
+    raise ValueError(f'{what}: {mismatch}' + (f'; {advice}' if advice else ''))
 
 
 def param_mismatch(step_dir: str, abstract_params) -> str | None:

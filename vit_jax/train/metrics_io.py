@@ -2,7 +2,7 @@
 import csv
 import os
 
-from vit_jax import faults
+from vit_jax.train import faults
 
 # val_loss: softmax cross-entropy on the labels for every model (DeiT's evaluate());
 # val_objective: the training loss function on the unmixed validation labels.

@@ -3,8 +3,8 @@ import os
 
 import jax
 
-from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax.train import checkpoint
 
 
 def resolve_step_dir(path: str) -> str:
@@ -32,10 +32,9 @@ def build(teacher_cfg, num_classes: int):
 def check(teacher_cfg, num_classes: int) -> str:
   """Fail in one line if the checkpoint is missing or does not fit teacher.model."""
   step_dir = resolve_step_dir(teacher_cfg.checkpoint)
-  _, abstract = build(teacher_cfg, num_classes)
-  mismatch = checkpoint.param_mismatch(step_dir, abstract)
-  if mismatch:
-    raise ValueError(f'teacher.checkpoint={step_dir!r} does not match teacher.model: {mismatch}')
+  model, _ = build(teacher_cfg, num_classes)
+  checkpoint.require_model(step_dir, model,
+                           f'teacher.checkpoint={step_dir!r} does not match teacher.model')
   return step_dir
 
 

@@ -1,34 +1,24 @@
-r"""Benchmarks that print ratios.
+"""`python -m vit_jax.bench data`: images/s of the full input pipeline against the train step.
 
-  python -m vit_jax.bench data [--workers 2] [--out results/bench_data.json]
-  python -m vit_jax.bench model [--timm] [--out results/bench_model.json]  (see bench_model.py)
-
-`data`: images/s of the full input pipeline (real on-disk formats made in a
-temporary directory: CIFAR-style tfds array_record at 32x32, JPEG ImageFolder
-at 224) including the on-device augmentation of the matching recipe, against
-the images/s of that recipe's train step measured in the same run.
-
-`model`: the train step of every variant against timm and the matmul peak.
+Real on-disk formats are made in a temporary directory (CIFAR-style tfds array_record at
+32x32, a JPEG ImageFolder at 224); the pipeline includes the on-device augmentation of
+the matching recipe, and the train step of that recipe is measured in the same run.
 """
-import json
 import os
-import sys
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 import tempfile
 import time
 
-from absl import app
 from absl import flags
-from absl import logging
 import jax
 import numpy as np
 
-from vit_jax import bench_model
+from vit_jax import config_lib
+from vit_jax.data import augment
+from vit_jax.data import pipeline
+from vit_jax.data import sources
+from vit_jax.train import steps as train_steps
 
 _WORKERS = flags.DEFINE_integer('workers', 2, 'grain worker processes.')
-_OUT = flags.DEFINE_string('out', '', 'Write the numbers as JSON here too.')
 _IMAGES_32 = flags.DEFINE_integer('images_32', 8192, 'Records in the 32x32 data set.')
 _IMAGES_224 = flags.DEFINE_integer('images_224', 512, 'JPEG files in the 224 data set.')
 
@@ -48,12 +38,13 @@ def _cifar_like(root: str, n: int) -> None:
       split_datasets={'train': examples(n), 'test': examples(256)}, file_format='array_record')
 
 
-def _jpeg_folder(root: str, n: int) -> None:
+def jpeg_folder(root: str, n: int, n_val: int = 64, classes: int = 8) -> None:
+  """An ImageFolder of n train and n_val JPEGs at ImageNet's typical 500x375."""
   from PIL import Image
   rng = np.random.default_rng(0)
-  for split, count in (('train', n), ('val', 64)):
+  for split, count in (('train', n), ('val', n_val)):
     for i in range(count):
-      folder = os.path.join(root, split, f'n{i % 8:08d}')
+      folder = os.path.join(root, split, f'n{i % classes:08d}')
       os.makedirs(folder, exist_ok=True)
       # ImageNet's typical 500x375, smooth content so JPEG sizes are realistic.
       base = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
@@ -71,9 +62,7 @@ def _time(fn, repeats: int) -> float:
 
 def bench_shape(config, steps: int) -> dict:
   """Pipeline (grain + on-device augmentation) vs train-step images/s for one config."""
-  from vit_jax import train
-  from vit_jax.data import augment, pipeline, sources
-  trainer = train.Trainer(config)
+  trainer = train_steps.Trainer(config)
   state = trainer.setup(steps_per_epoch=100)
   src = sources.get(config.dataset, 'train')
   it = pipeline.TrainStream(src, config.dataset, config.batch_size, seed=0).batches(
@@ -105,55 +94,14 @@ def bench_shape(config, steps: int) -> dict:
           'train_step_images_per_s': train_ips, 'ratio': data_ips / train_ips}
 
 
-def bench_checkpoint(config, saves: int = 3) -> dict:
-  """Seconds one epoch checkpoint holds up the train loop (median of `saves`), written
-  synchronously and in the background (orbax async, the default); each write is let to
-  finish, outside the timing, before the next."""
-  import statistics
-  from vit_jax import checkpoint
-  from vit_jax import models
-  from vit_jax import train
-  trainer = train.Trainer(config)
-  state = trainer.setup(steps_per_epoch=1)
-  out = {'params': models.count_params(state.params),
-         'state_mb': sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20}
-  for mode in ('sync', 'async'):
-    with tempfile.TemporaryDirectory() as workdir:
-      mngr = checkpoint.manager(workdir, 1, async_save=mode == 'async')
-      blocked = []
-      for step in range(1, saves + 1):
-        t0 = time.perf_counter()
-        checkpoint.save(mngr, step, state, {'seed': 0}, {'val_acc1': float(step)}, wait=False)
-        blocked.append(time.perf_counter() - t0)
-        checkpoint.finish(mngr)
-      mngr.close()
-    out[f'{mode}_blocked_s'] = statistics.median(blocked)
-  return out
-
-
 def _report(name: str, r: dict) -> None:
   print(f"{name}: CPU loader {r['cpu_loader_images_per_s']:.0f} img/s, full pipeline "
         f"{r['pipeline_images_per_s']:.0f} img/s, train step {r['train_step_images_per_s']:.1f} "
         f"img/s (batch {r['batch']}): pipeline / train step = {r['ratio']:.1f}x", flush=True)
 
 
-def main(argv):
-  if argv[1:] not in (['data'], ['model'], ['checkpoint']):
-    sys.exit(f'error: unknown benchmark {argv[1:]}; available: data, model, checkpoint')
-  logging.set_verbosity(logging.WARNING)
-  if argv[1] == 'model':
-    _write(bench_model.run(save=_write))
-    return
-  from vit_jax import config_lib
-  if argv[1] == 'checkpoint':
-    results = {}
-    for name, arg in (('vanilla_quick', 'quick'), ('vit_s16_224', '')):
-      results[name] = r = bench_checkpoint(config_lib.load('vanilla', arg))
-      print(f"{name}: {r['params']:,} parameters, train state {r['state_mb']:.1f} MiB: the "
-            f"loop waits {r['sync_blocked_s']:.3f} s per checkpoint written synchronously, "
-            f"{r['async_blocked_s']:.3f} s in the background", flush=True)
-    _write(results)
-    return
+def run(save) -> dict:
+  del save   # written whole at the end
   results = {'device': str(jax.devices()[0].device_kind), 'cpu_count': os.cpu_count(),
              'workers': _WORKERS.value}
   with tempfile.TemporaryDirectory() as tmp:
@@ -164,22 +112,11 @@ def main(argv):
     results['cifar_32'] = bench_shape(c, steps=3)
     _report('32x32, seed-000 recipe (crop, flip, RandAugment)', results['cifar_32'])
 
-    _jpeg_folder(os.path.join(tmp, 'in100'), _IMAGES_224.value)
+    jpeg_folder(os.path.join(tmp, 'in100'), _IMAGES_224.value)
     c = config_lib.load('vanilla')      # RRC, 3-Augment, mixing
     c.dataset.update(data_dir=os.path.join(tmp, 'in100'), workers=_WORKERS.value)
     c.batch_size = 32
     results['imagenet_224'] = bench_shape(c, steps=2)
     _report('224x224, DeiT-III recipe (JPEG, RRC, 3-Augment, jitter, mixup/cutmix)',
             results['imagenet_224'])
-  _write(results)
-
-
-def _write(results: dict) -> None:
-  if _OUT.value:
-    results['command'] = ' '.join(['python -m vit_jax.bench'] + sys.argv[1:])
-    with open(_OUT.value, 'w') as f:
-      json.dump(results, f, indent=2)
-
-
-if __name__ == '__main__':
-  app.run(main)
+  return results

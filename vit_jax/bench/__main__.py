@@ -1,0 +1,47 @@
+r"""Benchmarks that print ratios measured in one run.
+
+  python -m vit_jax.bench data [--workers 2] [--out results/bench_data.json]
+  python -m vit_jax.bench model [--timm] [--out results/bench_model.json]
+  python -m vit_jax.bench checkpoint [--out results/bench_checkpoint.json]
+
+data (bench/data.py): the input pipeline against the train step; model (bench/model.py):
+the train step of every variant against timm and the matmul peak; checkpoint
+(bench/checkpoint.py): how long a checkpoint holds up the train loop.
+"""
+import importlib
+import json
+import os
+import sys
+
+# TensorFlow (tfds, in `data`) starts quietly.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+# Benchmark name -> its module, which defines its flags and run(save) -> results.
+BENCHMARKS = {'data': 'vit_jax.bench.data', 'model': 'vit_jax.bench.model',
+              'checkpoint': 'vit_jax.bench.checkpoint'}
+MODULES = {name: importlib.import_module(m) for name, m in BENCHMARKS.items()}
+
+_OUT = flags.DEFINE_string('out', '', 'Write the numbers as JSON here too.')
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in BENCHMARKS:
+    sys.exit(f'error: unknown benchmark {argv[1:]}; available: {", ".join(BENCHMARKS)}')
+  logging.set_verbosity(logging.WARNING)
+  _write(MODULES[argv[1]].run(save=_write))
+
+
+def _write(results: dict) -> None:
+  if _OUT.value:
+    results['command'] = ' '.join(['python -m vit_jax.bench'] + sys.argv[1:])
+    with open(_OUT.value, 'w') as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,49 @@
+"""Host loops over the validation split: accuracy and losses, and the fixed probe batch."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.data import pipeline
+from vit_jax.data import sources
+
+
+def eval_batches(trainer, source, batch_size: int):
+  """The split in fixed order, cropped as the data set's evaluation policy says."""
+  d = trainer.config.dataset
+  return pipeline.eval_batches(source, batch_size, image_size=sources.eval_crop(d),
+                               crop_ratio=d.eval_crop_ratio)
+
+
+def evaluate(trainer, params, source) -> dict:
+  """val_loss, val_acc1, val_acc5 and val_objective over the whole split."""
+  totals, unreadable = None, []
+  for batch in eval_batches(trainer, source, trainer.config.eval_batch_size):
+    unreadable += batch.pop('unreadable')
+    sums = trainer.eval_step(params, trainer.global_batch(trainer.local_rows(batch)))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if jax.process_index() == 0:   # every process reads the whole split
+    pipeline.report_unreadable('evaluation', 'left out', unreadable)
+  totals = jax.device_get(totals)
+  count = float(totals['count'])
+  return {'val_loss': float(totals['loss']) / count,
+          'val_acc1': 100.0 * float(totals['acc1']) / count,
+          'val_acc5': 100.0 * float(totals['acc5']) / count,
+          'val_objective': float(totals['objective']) / count}
+
+
+def probe_batch(trainer, source):
+  """The first probe.num_images readable validation images (a multiple of the devices;
+  an unreadable file is passed over, never padded in)."""
+  n_dev = trainer.mesh.devices.size
+  n = max(n_dev, trainer.config.probe.num_images // n_dev * n_dev)
+  images = []
+  for batch in eval_batches(trainer, source, n):
+    images += list(batch['image'][batch['mask']])
+    if len(images) >= n:
+      break
+  n = len(images) if len(images) < n else n
+  if n < n_dev:
+    raise ValueError(f'the validation split has {len(images)} readable images, fewer than '
+                     f'the {n_dev} devices the probe batch needs')
+  images = np.stack(images[:n // n_dev * n_dev])
+  return trainer.global_batch(trainer.local_rows({'image': images}))['image']
