@@ -99,26 +99,28 @@ def test_another_batch_size_is_refused_before_anything_is_touched(tmp_path):
 @pytest.mark.parametrize('signalled', [(1,), (0, 1)])
 def test_sigterm_to_one_or_both_processes_saves_one_step_and_resumes_exactly(tmp_path,
                                                                              signalled):
-  """SIGTERM mid-epoch 2 (vit_jax/train/faults.py: at a fixed step) to process 1, or to both:
-  JAX's preemption sync picks one step for both, both exit 75 with that checkpoint
-  written, and the relaunched pair finishes like an uninterrupted run."""
+  """SIGTERM early in epoch 2 (vit_jax/train/faults.py: at a fixed step) to process 1, or to
+  both: JAX's preemption sync picks one step for both (the notice travels through the
+  coordination service, so the step comes a little later, under load up to an epoch:
+  three epochs leave room), both exit 75 with that checkpoint written, and the relaunched
+  pair finishes like an uninterrupted run."""
   workdir = tmp_path / 'run'
   steps = 1500 // BATCH
-  envs = [{'VIT_JAX_FAULT': f'step:{steps + 5}:TERM'} if i in signalled else {}
+  envs = [{'VIT_JAX_FAULT': f'step:{steps + 2}:TERM'} if i in signalled else {}
           for i in range(2)]
-  results = _launch(workdir, 2, envs=envs, batch_size=BATCH)
+  results = _launch(workdir, 2, envs=envs, batch_size=BATCH, total_epochs=3)
   at = set()
   for rc, out in results:
     assert rc == 75, out[-3000:]
     at |= set(re.findall(r'preempted: SIGTERM at step (\d+)', out))
-  assert len(at) == 1 and steps < int(at.pop()) < 2 * steps    # one step, inside epoch 2
-  assert 'epoch   1/2' in results[0][1] and 'epoch   1/2' not in results[1][1]
-  results = _launch(workdir, 2, batch_size=BATCH)
+  assert len(at) == 1 and steps < int(at.pop()) < 3 * steps    # one step, after the signal
+  assert 'epoch   1/3' in results[0][1] and 'epoch   1/3' not in results[1][1]
+  results = _launch(workdir, 2, batch_size=BATCH, total_epochs=3)
   for rc, out in results:
     assert rc == 0, out[-3000:]
   assert 'resumed from' in results[0][1] and 'preempted at step' in results[0][1]
-  tiny_run.assert_same_metrics(tiny_run.rows(workdir), tiny_run.reference(batch_size=BATCH),
-                               tol=1e-5)
+  tiny_run.assert_same_metrics(tiny_run.rows(workdir),
+                               tiny_run.reference(batch_size=BATCH, total_epochs=3), tol=1e-5)
 
 
 def _one_line_error(proc):
