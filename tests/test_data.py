@@ -8,6 +8,13 @@ from vit_jax.data import pipeline
 from vit_jax.data import sources
 
 
+def test_digits_read_without_sklearn_equal_sklearns():
+  images, labels = sources.load_digits()
+  raw = load_digits()
+  np.testing.assert_array_equal(images, raw.images)
+  np.testing.assert_array_equal(labels, raw.target)
+
+
 def test_digits_fixed_disjoint_split():
   train, val = sources.digits('train', 16), sources.digits('val', 16)
   assert (len(train), len(val)) == (1500, 297)

@@ -37,7 +37,18 @@ def test_quick_config_learns_and_writes_workdir(tmp_path):
   assert float(rows[-1]['val_acc1']) == pytest.approx(last['val_acc1'], rel=1e-6)
   assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
   assert json.load(open(os.path.join(workdir, 'config.json')))['model']['width'] == 64
-  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  events = [f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')]
+  assert len(events) == 1
+  # TensorBoard's own reader gives back every epoch's scalars as metrics.csv has them.
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.util import tensor_util
+  scalars = {}
+  for event in event_file_loader.EventFileLoader(os.path.join(workdir, events[0])).Load():
+    for v in event.summary.value:   # the loader gives scalars back as 0-d tensors
+      scalars[(event.step, v.tag)] = float(tensor_util.make_ndarray(v.tensor))
+  for r in rows:
+    for k in ('train_loss', 'val_acc1', 'lr', 'l2_norm_mean'):
+      assert scalars[(int(r['epoch']), k)] == pytest.approx(float(r[k]), rel=1e-6)
   kept = {int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()}
   best = max(rows, key=lambda r: float(r['val_acc1']))['val_acc1']
   best_kept = [e for e in kept if rows[e - 1]['val_acc1'] == best]
@@ -72,3 +83,16 @@ def test_sharded_step_equals_single_device():
                         capture_output=True, text=True, env=env, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.startswith('OK')
+
+
+def test_training_imports_no_tensorflow(tmp_path):
+  """TensorFlow (~3 s to import) is not needed to train on the embedded data or to write
+  TensorBoard events; scikit-learn is not imported to read its digits either."""
+  code = ('import sys; from vit_jax.train import loop; from vit_jax.data import sources; '
+          'sources.digits("train", 16); '
+          f'w = loop.MetricWriter({str(tmp_path)!r}, True); w.write_scalars(1, {{"a": 1.0}}); '
+          'w.close(); print(sorted(m for m in ("tensorflow", "clu", "sklearn") if m in sys.modules))')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == '[]'

@@ -12,6 +12,8 @@ import os
 import ml_collections
 
 ARGS = ('', 'quick')
+# Where compiled programs are kept between runs (JAX's persistent compilation cache).
+COMPILATION_CACHE_DIR = '~/.cache/vit_jax/xla'
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
@@ -48,6 +50,9 @@ def base() -> ml_collections.ConfigDict:
   # The host waits for a step's loss once this many later steps are queued: a SIGTERM is
   # acted on within about that many steps (more would only let the host run further ahead).
   c.steps_in_flight = 2
+  # Compiled train / eval steps are kept here and reused by the next run that compiles the
+  # same program ('' = off): a warm start skips the compilation (ours).
+  c.compilation_cache_dir = COMPILATION_CACHE_DIR
   # workdir/run.lock: a run on another host that has not renewed its lease for lease_s
   # seconds counts as gone (vit_jax/runlock.py); the owner renews it every renew_s.
   c.run_lock = ml_collections.ConfigDict(dict(lease_s=300.0, renew_s=60.0))

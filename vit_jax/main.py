@@ -13,6 +13,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vit_jax import config_lib
 from vit_jax import distributed
 from vit_jax import exits
 from vit_jax import preflight
@@ -68,6 +69,7 @@ def main(argv):
       distributed.check(config.distributed)
       distributed.initialize(config.distributed)   # before any other JAX call
     preflight.check(config, FLAGS.workdir)
+    use_compilation_cache(config)
     lock = take_lock(config, FLAGS.workdir)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
@@ -77,6 +79,16 @@ def main(argv):
   finally:
     if lock is not None:
       lock.release()
+
+
+def use_compilation_cache(config) -> None:
+  """Compiled programs are kept in config.compilation_cache_dir ('' = not kept), so a run
+  that compiles what an earlier one did loads it instead (JAX's persistent cache)."""
+  path = config.get('compilation_cache_dir', config_lib.COMPILATION_CACHE_DIR)
+  if path:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
 def take_lock(config, workdir: str):

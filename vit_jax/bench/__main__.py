@@ -3,10 +3,13 @@ r"""Benchmarks that print ratios measured in one run.
   python -m vit_jax.bench data [--workers 2] [--out results/bench_data.json]
   python -m vit_jax.bench model [--timm] [--out results/bench_model.json]
   python -m vit_jax.bench checkpoint [--out results/bench_checkpoint.json]
+  python -m vit_jax.bench gpu [--out results/gpu.json]          (writes results/gpu.md)
 
 data (bench/data.py): the input pipeline against the train step; model (bench/model.py):
 the train step of every variant against timm and the matmul peak; checkpoint
-(bench/checkpoint.py): how long a checkpoint holds up the train loop.
+(bench/checkpoint.py): how long a checkpoint holds up the train loop; gpu (bench/gpu.py):
+the GPU check (without a GPU: one line, exit 0). Only the named benchmark's module is
+imported, so `gpu` needs neither TensorFlow nor grain.
 """
 import importlib
 import json
@@ -21,27 +24,29 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-# Benchmark name -> its module, which defines its flags and run(save) -> results.
+# Benchmark name -> its module, which defines its flags and run(save) -> results (None:
+# nothing measured).
 BENCHMARKS = {'data': 'vit_jax.bench.data', 'model': 'vit_jax.bench.model',
-              'checkpoint': 'vit_jax.bench.checkpoint'}
-MODULES = {name: importlib.import_module(m) for name, m in BENCHMARKS.items()}
+              'checkpoint': 'vit_jax.bench.checkpoint', 'gpu': 'vit_jax.bench.gpu'}
 
 _OUT = flags.DEFINE_string('out', '', 'Write the numbers as JSON here too.')
 
 
 def main(argv):
-  if len(argv) != 2 or argv[1] not in BENCHMARKS:
-    sys.exit(f'error: unknown benchmark {argv[1:]}; available: {", ".join(BENCHMARKS)}')
   logging.set_verbosity(logging.WARNING)
-  _write(MODULES[argv[1]].run(save=_write))
+  _write(importlib.import_module(BENCHMARKS[argv[1]]).run(save=_write))
 
 
-def _write(results: dict) -> None:
-  if _OUT.value:
+def _write(results: dict | None) -> None:
+  if results is not None and _OUT.value:
     results['command'] = ' '.join(['python -m vit_jax.bench'] + sys.argv[1:])
     with open(_OUT.value, 'w') as f:
       json.dump(results, f, indent=2)
 
 
 if __name__ == '__main__':
+  name = sys.argv[1] if len(sys.argv) > 1 else ''
+  if name not in BENCHMARKS:
+    sys.exit(f'error: unknown benchmark {name!r}; available: {", ".join(BENCHMARKS)}')
+  importlib.import_module(BENCHMARKS[name])       # its flags, before they are parsed
   app.run(main)

@@ -7,10 +7,10 @@ r"""Train-step benchmark of the model variants, side by side with timm (`bench m
 
 `step` mode: per shape and dtype, every variant's real jitted train step
 (`Trainer.jitted_step`, compiled once), the timm models of the same shapes,
-and the matmul peak are timed in interleaved rounds, so a noisy shared
-machine slows all of them alike and the printed ratios stay fair. FLOPs come
-from XLA's cost analysis of the compiled step, memory from the device's
-allocator where it has one, else from the executable's memory analysis.
+and the matmul peak are timed in interleaved rounds (each warmed alike, the order
+shuffled every round), so a noisy shared machine slows all of them alike and the
+printed ratios stay fair. FLOPs come from XLA's cost analysis of the compiled step,
+memory from that executable's memory analysis (each variant its own, on every device).
 
 `epoch` mode: one CIFAR-100-sized epoch (50k images) of DeiT-S/4 with the
 seed-000 recipe's on-device augmentation, on synthetic uint8 batches.
@@ -104,21 +104,16 @@ def compiled_memory_bytes(compiled):
           - m.alias_size_in_bytes)
 
 
-def device_peak_bytes():
-  stats = jax.devices()[0].memory_stats()
-  return (stats or {}).get('peak_bytes_in_use')
-
-
 class JaxStep:
   """The project's jitted train step for one config, compiled once, with its analyses."""
 
   def __init__(self, config):
-    from vit_jax.train import steps
+    from vit_jax.train import steps as train_steps
     teacher = None
     if config.teacher.kind != 'none':
       t_model = models.build_model(config.teacher.model, config.dataset.num_classes)
       teacher = (t_model, models.init_params(t_model, jax.random.key(1)))
-    self.trainer = steps.Trainer(config, teacher=teacher)
+    self.trainer = train_steps.Trainer(config, teacher=teacher)
     self.state = self.trainer.setup(steps_per_epoch=100)
     self.batch = self.trainer.global_batch(synthetic_batch(config, config.batch_size))
     t0 = time.perf_counter()
@@ -157,11 +152,15 @@ def matmul_peaks(n: int, repeats: int = 3):
   return runners, repeats * 2.0 * n**3
 
 
-def interleaved_medians(runners: dict, rounds: int, warmup: int) -> dict:
-  """Median seconds per call of each runner, timed round-robin."""
+def interleaved_medians(runners: dict, rounds: int, warmup: int, seed: int = 0) -> dict:
+  """Median seconds per call of each runner, timed round-robin: every runner warmed the same
+  number of times, and the order shuffled each round, so none is always first (a first
+  runner paid for the others' cooling caches and came out slower)."""
   times = {k: [] for k in runners}
+  rng = np.random.default_rng(seed)
   for r in range(warmup + rounds):
-    for name, fn in runners.items():
+    for name in rng.permutation(list(runners)):
+      fn = runners[name]
       t0 = time.perf_counter()
       fn()
       if r >= warmup:
@@ -209,7 +208,7 @@ def bench_group(variants, image_size: int, dtype: str, batch: int, rounds: int, 
     t = secs[f'jax/{v}']
     row = {'images_per_s': batch / t, 'step_s': t, 'flops_per_step': s.flops,
            'flops_per_s': s.flops / t, 'peak_fraction': s.flops / t / peak,
-           'memory_bytes': device_peak_bytes() or s.memory_bytes, 'params': s.params,
+           'memory_bytes': s.memory_bytes, 'params': s.params,
            'compile_s': s.compile_s, 'attention_impl': attention_impl(dtype)}
     for mode in ('eager', 'compiled'):
       key = f'timm/{v}/{mode}'
@@ -247,12 +246,12 @@ def print_group(g: dict) -> None:
 def bench_epoch(dtype: str, batch: int, images: int, attention: str = 'xla',
                 pool: int = 4, **model_overrides) -> dict:
   """Seconds of one `images`-sized epoch of DeiT-S/4 (seed 000 recipe, on-device augmentation)."""
-  from vit_jax.train import steps
+  from vit_jax.train import steps as train_steps
   c = config_lib.load('deit_cifar100')
   c.batch_size = c.eval_batch_size = batch
   c.dtype = dtype
   c.model.update(attention_impl=attention, **model_overrides)
-  trainer = steps.Trainer(c)
+  trainer = train_steps.Trainer(c)
   steps = images // batch
   state = trainer.setup(steps_per_epoch=steps)
   batches = [trainer.global_batch(synthetic_batch(c, batch, seed=i)) for i in range(pool)]

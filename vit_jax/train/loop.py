@@ -1,8 +1,8 @@
 """The epochs of a training run: restore, steps, evaluation, probe norms, metrics, checkpoints."""
 import os
+import socket
 import time
 
-from clu import metric_writers
 import jax
 import ml_collections
 import numpy as np
@@ -62,8 +62,8 @@ class Run:
                        'same setting or a new --workdir')
     return epochs, done
 
-  def prepare_workdir(self):
-    """The folders, config.json and the metric writer of this run."""
+  def prepare_workdir(self) -> None:
+    """The folders and config.json of this run."""
     os.makedirs(os.path.join(self.workdir, 'l2_norms', 'layers'), exist_ok=True)
     if self.is_main:
       with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
@@ -71,8 +71,6 @@ class Run:
       print(f'model: {models.count_params(self.state.params):,} parameters; '
             f'{self.steps_per_epoch} steps/epoch of {self.config.batch_size} on '
             f'{self.trainer.mesh.devices.size} device(s)', flush=True)
-    return metric_writers.create_default_writer(self.workdir, just_logging=not self.is_main,
-                                                asynchronous=False)
 
   def save(self, mngr, step: int, **kw) -> None:
     t0 = time.perf_counter()
@@ -116,7 +114,7 @@ class Run:
           f'applied and the last good checkpoint (epoch {self.mngr.latest_step()}) is kept')
 
   def log_epoch(self, epoch: int, losses_: list, probe, t0: float, train_time: float,
-                writer) -> dict:
+                writer: 'MetricWriter') -> dict:
     c, spe = self.config, self.steps_per_epoch
     row = {'epoch': epoch, 'train_loss': float(np.mean(losses_)),
            **evaluation.evaluate(self.trainer, self.state.params, self.val_src),
@@ -142,27 +140,30 @@ class Run:
   def epochs(self, watch, stop_after_epoch: int | None) -> dict:
     """Every remaining epoch (or up to stop_after_epoch); the last metrics row."""
     start_epoch, done = self.restore()
-    writer = self.prepare_workdir()
+    self.prepare_workdir()
+    writer = MetricWriter(self.workdir, self.is_main)
     probe = evaluation.probe_batch(self.trainer, self.val_src)
     data = self.stream.batches(start_epoch * self.steps_per_epoch + len(done),
                                self.config.dataset.workers)
     row = {}
+    t0 = time.perf_counter()   # an epoch's time runs from the previous one's end: all of it
     for epoch in range(start_epoch + 1, self.config.total_epochs + 1):
       if watch.between_epochs():
         raise Preempted(f'preempted: SIGTERM before epoch {epoch} (outside the train steps); '
                         f'the checkpoint of epoch {epoch - 1} stands{watch.since()}; run the '
                         'same command to resume')
-      t0 = time.perf_counter()
+      t_steps = time.perf_counter()
       losses_, unreadable = self.train_epoch(epoch, done, data, watch)
       done = []
       pipeline.report_unreadable(f'epoch {epoch}', 'replaced', unreadable)
       self.check_finite(epoch)
-      row = self.log_epoch(epoch, losses_, probe, t0, time.perf_counter() - t0, writer)
+      row = self.log_epoch(epoch, losses_, probe, t0, time.perf_counter() - t_steps, writer)
       self.save(self.mngr, epoch, metrics={'val_acc1': row['val_acc1']}, wait=False)
       faults.point('epoch_end')
+      t0 = time.perf_counter()
       if stop_after_epoch is not None and epoch >= stop_after_epoch:
         break
-    writer.flush()
+    writer.close()
     return row
 
   def close(self) -> None:
@@ -175,6 +176,42 @@ class Run:
     finally:
       self.mngr.close()
       self.preempt_mngr.close()
+
+
+class MetricWriter:
+  """Per-epoch scalars as a TensorBoard event file in the workdir (process 0 only).
+
+  Records are framed by TensorBoard's own RecordWriter on a plain file: no TensorFlow.
+  (clu's writers import TensorFlow, ~3 s of every start-up; importing it in a thread
+  competed for the same two cores and made the first epoch slower, measured; and
+  TensorBoard's EventFileWriter imports TensorFlow too wherever it is installed.)
+  """
+
+  def __init__(self, workdir: str, is_main: bool):
+    self.workdir, self.is_main, self._file, self._records = workdir, is_main, None, None
+
+  def _add(self, **event) -> None:
+    from tensorboard.compat.proto import event_pb2
+    self._records.write(event_pb2.Event(wall_time=time.time(), **event).SerializeToString())
+    self._file.flush()       # on disk each epoch, whatever happens to the run later
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    if not self.is_main:
+      return
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.summary.writer import record_writer
+    if self._file is None:
+      name = f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}'
+      self._file = open(os.path.join(self.workdir, name), 'wb')
+      self._records = record_writer.RecordWriter(self._file)
+      self._add(file_version='brain.Event:2')
+    self._add(step=step, summary=summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]))
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

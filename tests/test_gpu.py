@@ -1,0 +1,63 @@
+"""`python -m vit_jax.bench gpu`: on a machine without a GPU, one line and exit 0; the GPU
+checks themselves run where there is one (skipped here; the same functions run inside
+`bench gpu`, and the sharded-step function is also tested on 4 CPU devices, test_train)."""
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from conftest import REPO
+from vit_jax.bench import gpu
+
+needs_gpu = pytest.mark.skipif(not gpu.gpus(), reason='needs a CUDA GPU')
+
+
+def test_without_a_gpu_one_line_and_exit_0(tmp_path):
+  if gpu.gpus():
+    pytest.skip('this machine has a GPU')
+  md = tmp_path / 'gpu.md'
+  proc = subprocess.run([sys.executable, '-m', 'vit_jax.bench', 'gpu', f'--md={md}',
+                         f'--out={tmp_path / "gpu.json"}'], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert lines == ['bench gpu: no CUDA GPU here (JAX sees cpu); nothing measured, nothing '
+                   'written'], proc.stdout
+  assert not md.exists() and not (tmp_path / 'gpu.json').exists()
+  assert 'tensorflow' not in proc.stderr.lower()
+
+
+def test_the_gpu_path_imports_neither_tensorflow_nor_grain():
+  code = ('import sys; import vit_jax.bench.gpu; '
+          'print(sorted(m for m in ("tensorflow", "grain", "clu", "tensorflow_datasets") '
+          'if m in sys.modules))')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == '[]'
+
+
+def test_an_unknown_benchmark_is_one_line():
+  proc = subprocess.run([sys.executable, '-m', 'vit_jax.bench', 'gpus'], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+      "error: unknown benchmark 'gpus'; available: data, model, checkpoint, gpu"]
+
+
+@needs_gpu
+def test_cudnn_attention_equals_xla_in_bf16():
+  assert gpu.attention_difference() <= gpu.ATTENTION_ATOL
+
+
+@needs_gpu
+def test_vit_logits_with_cudnn_attention_equal_xla_in_bf16():
+  assert gpu.vit_logits_difference() <= gpu.LOGITS_ATOL
+
+
+@pytest.mark.skipif(len(gpu.gpus()) < 2, reason='needs 2 or more GPUs')
+def test_the_step_sharded_over_the_gpus_equals_one_gpu():
+  r = gpu.checks()['sharded']
+  assert r['ok'], r
+
