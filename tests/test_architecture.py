@@ -34,7 +34,7 @@ ALLOWED = {
     'train.loop': {'exits', 'models', 'data', 'train'},
     'analysis': {'analysis', 'models', 'data', 'train.checkpoint', 'train.metrics_io'},
     'crystallize': {'crystallize'},
-    'bench': {'bench', 'config_lib', 'models', 'data', 'train'},
+    'bench': {'bench', 'config_lib', 'models', 'data', 'train', 'crystallize'},
     'main': {'*'},
     'preflight': {'*'},
 }

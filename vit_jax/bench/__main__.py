@@ -4,11 +4,13 @@ r"""Benchmarks that print ratios measured in one run.
   python -m vit_jax.bench model [--timm] [--out results/bench_model.json]
   python -m vit_jax.bench checkpoint [--out results/bench_checkpoint.json]
   python -m vit_jax.bench gpu [--out results/gpu.json]          (writes results/gpu.md)
+  python -m vit_jax.bench seeds [--out results/bench_seeds.json]
 
 data (bench/data.py): the input pipeline against the train step; model (bench/model.py):
 the train step of every variant against timm and the matmul peak; checkpoint
 (bench/checkpoint.py): how long a checkpoint holds up the train loop; gpu (bench/gpu.py):
-the GPU check (without a GPU: one line, exit 0). Only the named benchmark's module is
+the GPU check (without a GPU: one line, exit 0); seeds (bench/seeds.py): seed 000's taps
+and seed 003's study against the seeds' own code. Only the named benchmark's module is
 imported, so `gpu` needs neither TensorFlow nor grain.
 """
 import importlib
@@ -27,7 +29,8 @@ from absl import logging  # noqa: E402
 # Benchmark name -> its module, which defines its flags and run(save) -> results (None:
 # nothing measured).
 BENCHMARKS = {'data': 'vit_jax.bench.data', 'model': 'vit_jax.bench.model',
-              'checkpoint': 'vit_jax.bench.checkpoint', 'gpu': 'vit_jax.bench.gpu'}
+              'checkpoint': 'vit_jax.bench.checkpoint', 'gpu': 'vit_jax.bench.gpu',
+              'seeds': 'vit_jax.bench.seeds'}
 
 _OUT = flags.DEFINE_string('out', '', 'Write the numbers as JSON here too.')
 
