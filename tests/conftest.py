@@ -4,7 +4,7 @@ import sys
 
 # torch._dynamo (imported by timm and by transformers whenever torch is installed)
 # loads triton, which crashes the process (SIGSEGV) when it is loaded after
-# TensorFlow (imported by clu's metric writers). Loading it first is safe.
+# TensorFlow (imported by tensorflow-datasets). Loading it first is safe.
 if importlib.util.find_spec('torch') is not None:
   import torch._dynamo  # noqa: F401
 
