@@ -61,3 +61,23 @@ def test_the_step_sharded_over_the_gpus_equals_one_gpu():
   r = gpu.checks()['sharded']
   assert r['ok'], r
 
+
+
+def test_the_report_renders_a_measured_group():
+  """results/gpu.md's writer on a group really measured here (tiny, CPU), so a report
+  bug cannot waste a GPU run that only reaches it at the end."""
+  from vit_jax.bench import model as bench_model
+  g = bench_model.bench_group(['vanilla', 'register'], 32, 'float32', 4, rounds=1, warmup=0,
+                              peak_n=256, depth=1, width=32, num_heads=2)
+  r = {'device': 'cpu', 'jax': jax.__version__, 'gpu_count': 0, 'date': 'today',
+       'seconds': 1.0, 'groups': [g],
+       'checks': {'attention_max_diff': 0.01, 'attention_atol': gpu.ATTENTION_ATOL,
+                  'attention_ok': True, 'vit_logits_max_diff': 0.1,
+                  'vit_logits_atol': gpu.LOGITS_ATOL, 'vit_logits_ok': False,
+                  'sharded': 'not checked: needs 2 or more GPUs, this machine has 0'},
+       'epoch': {'images': 512, 'batch': 64, 'dtype': 'bfloat16', 'seconds': 2.0,
+                 'images_per_s': 256.0}}
+  md = gpu.markdown(r)
+  rows = [l for l in md.splitlines() if l.startswith('| vanilla') or l.startswith('| register')]
+  assert len(rows) == 2 and all(l.count('|') == 11 for l in rows), md
+  assert 'FAILED' in md and 'not checked: needs 2 or more GPUs' in md and '2.00 s' in md
