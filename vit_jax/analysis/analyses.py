@@ -12,6 +12,7 @@ import numpy as np
 
 from vit_jax.analysis import plots
 from vit_jax.analysis import stats
+from vit_jax.models import token_norms
 from vit_jax.models import vit
 
 
@@ -38,12 +39,6 @@ class Analysis:
   plots: Callable | None = None        # (Capture, {analysis: rows}) -> [(file, figure)]
 
 
-def _outlier_line(norms: np.ndarray, probe_cfg) -> float:
-  if probe_cfg.outlier_rule == 'relative':
-    return float(probe_cfg.outlier_factor * np.median(norms))
-  return float(probe_cfg.outlier_threshold)
-
-
 def _norm_summary(cap: Capture, rows) -> dict:
   probe = cap.config.probe
   return {'output_norms': stats.norm_stats(cap.output_norms, probe),
@@ -56,7 +51,9 @@ def _norm_plots(cap: Capture, rows) -> list:
   out = []
   if cap.per_epoch:
     chosen = {e: cap.per_epoch[e] for e in plots.pick_epochs(list(cap.per_epoch))}
-    lines = {e: _outlier_line(v, cap.config.probe) for e, v in chosen.items()}
+    probe = cap.config.probe
+    lines = {e: token_norms.outlier_limit(v, probe.outlier_rule, probe.outlier_factor,
+                                          probe.outlier_threshold) for e, v in chosen.items()}
     out.append(('l2_norms_per_epoch.png', plots.norm_histograms(chosen, lines)))
   out.append(('l2_norms_per_layer.png',
               plots.layer_norms(cap.layer_norms, cap.per_epoch_layers or None)))

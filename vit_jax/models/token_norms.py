@@ -20,13 +20,18 @@ def patch_token_norms(out: dict) -> dict:
   return norms
 
 
-def outlier_mask(norms: np.ndarray, rule: str, factor: float, threshold: float) -> np.ndarray:
-  """'relative': norm > factor * median of all norms; 'absolute': norm > threshold."""
+def outlier_limit(norms: np.ndarray, rule: str, factor: float, threshold: float) -> float:
+  """The norm above which a token is an outlier: 'relative', factor * the median of all
+  norms; 'absolute', the threshold."""
   if rule == 'relative':
-    return norms > factor * np.median(norms)
+    return float(factor * np.median(norms))
   if rule == 'absolute':
-    return norms > threshold
+    return float(threshold)
   raise ValueError(f'probe.outlier_rule={rule!r} is not one of {OUTLIER_RULES}')
+
+
+def outlier_mask(norms: np.ndarray, rule: str, factor: float, threshold: float) -> np.ndarray:
+  return norms > outlier_limit(norms, rule, factor, threshold)
 
 
 def stats(norms: np.ndarray, probe_cfg) -> dict:
