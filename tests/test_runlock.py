@@ -104,6 +104,8 @@ def test_lock_rules(tmp_path):
       runlock.RunLock(workdir).acquire()
     time.sleep(0.3)                                   # the lease is renewed meanwhile
     assert runlock.read(workdir)['renewed'] > info['renewed']
+    lock._stop.set()                                  # hold the renewal still to compare
+    lock._thread.join()
     assert lock.info == runlock.read(workdir)
   assert runlock.read(workdir) is None
   # A reused pid is not the same run: same pid, another start time.

@@ -162,11 +162,12 @@ class RunLock:
     while not self._stop.wait(self.renew_s):
       if read(self.workdir) != self.info:      # someone else's now: stop touching it
         return
-      self.info = dict(self.info, renewed=time.time())
+      renewed = dict(self.info, renewed=time.time())
       tmp = f'{self.path}.{os.getpid()}.renew'
       with open(tmp, 'w') as f:
-        json.dump(self.info, f)
+        json.dump(renewed, f)
       os.replace(tmp, self.path)
+      self.info = renewed        # only once it is on disk: a failed write leaves both as they were
 
   def release(self) -> None:
     self._stop.set()
