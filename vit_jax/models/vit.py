@@ -233,7 +233,7 @@ def token_layout(model) -> TokenLayout:
 
 
 class ViT(nn.Module):
-  num_classes: int
+  num_classes: int                   # 0: no head; the logits are the normed cls features
   image_size: int = 224
   patch_size: int = 16
   width: int = 384
@@ -334,6 +334,10 @@ class ViT(nn.Module):
                              self.layer_norm_eps, name=name)
     cls = x[:, 0].astype(jnp.float32)
     out['pre_logits'] = cls
+    if self.num_classes == 0:   # headless (timm's num_classes=0, e.g. DINOv2): the features
+      if self.distillation:     # timm's distilled forward averages its two (identity) heads
+        return (cls + x[:, 1].astype(jnp.float32)) / 2, out
+      return cls, out
     logits = head('head')(jnp.concatenate([cls] + svd_feats, -1), deterministic)
     if self.distillation:
       out['cls_logits'] = logits
