@@ -279,3 +279,76 @@ def test_refusals_name_the_first_misfit(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'holds none of') as e:
     hub.load(str(tmp_path))
   _one_line(e)
+
+
+# --- export ----------------------------------------------------------------------------------
+
+def _random_params(model, seed):
+  """Our init, then made non-uniform like refutil.randomize_ (peaked attention)."""
+  import flax
+  from vit_jax import models
+  rng = np.random.default_rng(seed)
+  flat = flax.traverse_util.flatten_dict(models.abstract_params(model), sep='/')
+  out = {}
+  for path, leaf in flat.items():
+    r = rng.normal(size=leaf.shape).astype(np.float32)
+    if path.endswith('kernel'):
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      out[path] = r * (2.5 if 'qkv' in path else 1.0) / fan_in ** 0.5
+    elif 'norm' in path and path.endswith('scale'):
+      out[path] = 1.0 + 0.2 * r
+    elif path.startswith('block') and '/ls_' in path:
+      out[path] = 0.5 + 0.2 * r
+    else:
+      out[path] = 0.3 * r
+  return flax.traverse_util.unflatten_dict(out, sep='/')
+
+
+@pytest.mark.parametrize('fields,num_classes', [
+    (dict(layerscale_init=1e-6, pos_embed='patches', num_registers=4), 7),   # DeiT-III + regs
+    (dict(layerscale_init=0.0, pos_embed='all', distillation=True), 5),      # distilled DeiT
+    (dict(layerscale_init=1e-5, pos_embed='all', patch_size=14, image_size=28), 0),  # DINOv2
+])
+def test_export_loads_in_timm(tmp_path, fields, num_classes):
+  """export_timm's folder, read by timm itself (create_model('local-dir:...', pretrained=True)
+  takes the architecture and model_args from config.json and the weights strictly), gives
+  the logits of the project's ViT; and hub.load reads it back to the same params."""
+  m = {**dict(image_size=32, patch_size=8, width=48, depth=2, num_heads=4, mlp_ratio=2.0,
+              qkv_bias=True, num_registers=0, distillation=False, head='linear',
+              layer_norm_eps=1e-6, gate='none', svd_tap_layers=()), **fields}
+  model = vit.ViT(num_classes=num_classes, **m)
+  params = _random_params(model, seed=10)
+  out = hub.export_timm(params, m, num_classes, str(tmp_path / 'exported'))
+  assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']
+  assert os.listdir(tmp_path) == ['exported']          # no temporary folder left behind
+  ref = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+  imported = hub.load(out)
+  assert imported.num_classes == num_classes
+  for key in ('width', 'depth', 'num_heads', 'patch_size', 'pos_embed', 'num_registers',
+              'distillation', 'image_size'):
+    assert imported.model[key] == m[key], key
+  _check(ref, hub.Imported(m, num_classes, params, out, 'vit_jax'), _images(n=2, size=m['image_size']))
+  np.testing.assert_array_equal(imported.params['pos_embedding'], params['pos_embedding'])
+
+
+def test_export_refusals(tmp_path):
+  m = dict(image_size=32, patch_size=8, width=48, depth=2, num_heads=4, mlp_ratio=2.0,
+           layerscale_init=1e-6, pos_embed='patches')
+  params = _random_params(vit.ViT(num_classes=3, **m), seed=11)
+  for field, match in ((dict(gate='g2'), r"model.gate='g2' cannot be exported to timm; it "
+                                         r"accepts 'none' \(G2 gates the values"),
+                       (dict(gate='g1'), r"model.gate='g1' cannot be exported.*attn_layer"),
+                       (dict(head='mlp'), r"model.head='mlp' cannot be exported"),
+                       (dict(svd_tap_layers=(1,)), r'model.svd_tap_layers=\(1,\) cannot')):
+    with pytest.raises(ValueError, match=match) as e:
+      hub.export_timm(params, {**m, **field}, 3, str(tmp_path / 'x'))
+    _one_line(e)
+  with pytest.raises(ValueError, match=r'params do not fit model_config: blocks.0.mlp.fc1.bias '
+                                       r'is \(96,\), the model has \(192,\)'):
+    hub.export_timm(params, {**m, 'mlp_ratio': 4.0}, 3, str(tmp_path / 'x'))
+  (tmp_path / 'full').mkdir()
+  (tmp_path / 'full' / 'keep.txt').write_text('mine')
+  with pytest.raises(FileExistsError, match=r'full exists and is not empty'):
+    hub.export_timm(params, m, 3, str(tmp_path / 'full'))
+  assert (tmp_path / 'full' / 'keep.txt').read_text() == 'mine'
+  assert sorted(os.listdir(tmp_path)) == ['full']
