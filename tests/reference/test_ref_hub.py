@@ -352,3 +352,38 @@ def test_export_refusals(tmp_path):
     hub.export_timm(params, m, 3, str(tmp_path / 'full'))
   assert (tmp_path / 'full' / 'keep.txt').read_text() == 'mine'
   assert sorted(os.listdir(tmp_path)) == ['full']
+
+
+def test_export_cli_from_a_workdir(tmp_path, capsys):
+  """python -m vit_jax.export on a workdir laid out as training leaves it (config.json, an
+  orbax checkpoints/<epoch>/state): timm's local-dir loader gives our logits; a variant
+  timm cannot express is one error line, exit 2, and nothing is written."""
+  import orbax.checkpoint as ocp
+  from vit_jax import config_lib
+  from vit_jax import export
+  config = config_lib.load('register', 'quick')       # LayerScale, 4 registers, patches
+  config.model.update(depth=2, width=48)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  model = vit.ViT(num_classes=config.dataset.num_classes, **config.model)
+  params = _random_params(model, seed=12)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(str(workdir / 'checkpoints' / '3' / 'state'), {'params': params})
+    ckptr.wait_until_finished()
+  export.main(['--workdir', str(workdir), '--out', str(tmp_path / 'out'), '--checkpoint', '3'])
+  ref = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True).eval()
+  size = config.model.image_size
+  _check(ref, hub.Imported(dict(config.model), config.dataset.num_classes, params, '', ''),
+         _images(n=2, size=size))
+  cfg = json.loads((tmp_path / 'out' / 'config.json').read_text())
+  assert cfg['pretrained_cfg']['mean'] == list(config.dataset.mean)
+  config.model.gate = 'g2'
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as e:
+    export.main(['--workdir', str(workdir), '--out', str(tmp_path / 'out2')])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: model.gate='g2' cannot be exported to timm") and err.count('\n') == 1
+  assert not (tmp_path / 'out2').exists()
