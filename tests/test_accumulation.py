@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+import tiny_run  # noqa: F401  (the shared on-disk compilation cache)
 from vit_jax import config_lib
 from vit_jax.data import sources
 from vit_jax.train import steps

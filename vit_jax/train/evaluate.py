@@ -102,8 +102,8 @@ def summary(out: dict, num_classes: int) -> dict:
   counts = np.bincount(labels, minlength=num_classes)
   hits = np.bincount(labels, weights=out['top1'], minlength=num_classes)
   per_class = [None if n == 0 else 100.0 * h / n for h, n in zip(hits, counts)]
-  return {'count': int(len(labels)), 'acc1': 100.0 * float(out['top1'].mean()),
-          'acc5': 100.0 * float(out['top5'].mean()), 'per_class_acc1': per_class,
+  return {'count': int(len(labels)), 'acc1': 100.0 * float(out['top1'].mean(dtype=np.float64)),
+          'acc5': 100.0 * float(out['top5'].mean(dtype=np.float64)), 'per_class_acc1': per_class,
           'per_class_count': counts.tolist()}
 
 
