@@ -30,6 +30,8 @@ ALLOWED = {
     'train.teacher': {'models', 'train.checkpoint'},
     'train.steps': {'models', 'data', 'train.losses', 'train.optim'},
     'train.evaluation': {'data'},
+    'train.evaluate': {'models', 'data', 'train.checkpoint', 'train.evaluation', 'train.losses',
+                       'train.steps'},
     'train.preemption': {'exits', 'train.checkpoint'},
     'train.loop': {'exits', 'models', 'data', 'train'},
     'analysis': {'analysis', 'models', 'data', 'train.checkpoint', 'train.metrics_io'},
@@ -104,5 +106,5 @@ def test_every_trainer_names_functions_that_exist():
   for name, spec in trainers.TRAINERS.items():
     for ref in filter(None, (spec.run, spec.check)):
       assert callable(trainers.function(ref)), (name, ref)
-  with pytest.raises(ValueError, match=r"trainer='evaluate' is not one of \('train', "):
-    trainers.get('evaluate')
+  with pytest.raises(ValueError, match=r"trainer='finetune' is not one of \('train', "):
+    trainers.get('finetune')

@@ -56,6 +56,21 @@ def base() -> ml_collections.ConfigDict:
   # workdir/run.lock: a run on another host that has not renewed its lease for lease_s
   # seconds counts as gone (vit_jax/runlock.py); the owner renews it every renew_s.
   c.run_lock = ml_collections.ConfigDict(dict(lease_s=300.0, renew_s=60.0))
+  # A progress line (step, loss, lr, grad norm, img/s, ETA) and per-step TensorBoard
+  # scalars every this many optimizer updates, 0 = off. 100 (ours): about a line a minute
+  # for an ImageNet-1k epoch on one GPU, a few lines per epoch of the quick runs.
+  c.log_every_steps = 100
+  # Gradient accumulation (optax.MultiSteps): each optimizer update averages the gradients
+  # of this many micro-batches of batch_size / grad_accum_steps; batch_size stays the global
+  # batch of one update (and the lr scaling and schedule count updates). 1 = off.
+  c.grad_accum_steps = 1
+  # EMA of the weights (DeiT's --model-ema, timm's ModelEmaV3), updated after every
+  # optimizer update and evaluated beside the raw weights each epoch. decay 0 = off
+  # (DeiT-III's recipes as run here; DeiT's main.py: on, 0.99996). warmup: timm's
+  # ModelEmaV3 use_warmup, decay = min(decay, 1 - (1 + n / warmup_gamma) ** -warmup_power)
+  # after n updates beyond the first (0 at the first); off = the constant decay (DeiT).
+  c.ema = ml_collections.ConfigDict(dict(decay=0.0, warmup=False, warmup_gamma=1.0,
+                                         warmup_power=2 / 3))
 
   # Multi-process runs (vit_jax/distributed.py). All empty: a SLURM or Open MPI
   # job is detected from its environment, anything else is one process.
@@ -128,8 +143,13 @@ def base() -> ml_collections.ConfigDict:
   # config.trainer='analyze' (vit_jax/analysis/run.py): which checkpoint
   # ('latest', 'best' or an epoch number), how many probe images to draw
   # attention maps for, and below which value a gate counts as closed.
+  # weights: 'raw' or 'ema' (the checkpoint's EMA, config.ema).
   c.analysis = ml_collections.ConfigDict(dict(checkpoint='best', num_images=4,
-                                              gate_sparse_below=0.1))
+                                              gate_sparse_below=0.1, weights='raw'))
+  # config.trainer='evaluate' (vit_jax/train/evaluate.py): top-1 / top-5 and per-class
+  # accuracy of one checkpoint ('latest', 'best' or an epoch number) with its 'raw' or
+  # 'ema' weights on the 'val' or 'train' split (the evaluation crop, no augmentation).
+  c.evaluate = ml_collections.ConfigDict(dict(checkpoint='latest', weights='raw', split='val'))
   return c
 
 

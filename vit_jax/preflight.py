@@ -85,7 +85,9 @@ RANGES = (
     ('teacher.alpha', 0.0, 1.0), ('teacher.tau', 1e-6, float('inf')),
     ('total_epochs', 1, 10**6), ('checkpoint_every_epochs', 1, 10**6),
     ('probe.num_images', 1, 10**6), ('analysis.num_images', 1, 64),
-    ('analysis.gate_sparse_below', 0.0, 1.0),
+    ('analysis.gate_sparse_below', 0.0, 1.0), ('log_every_steps', 0, 10**9),
+    ('ema.decay', 0.0, 1.0 - 1e-12), ('ema.warmup_gamma', 1e-12, float('inf')),
+    ('ema.warmup_power', 1e-12, float('inf')),
 )
 
 
@@ -97,6 +99,7 @@ CHOICES = (
     ('dataset.crop_padding_mode', pipeline.PADDING_MODES),
     ('optim.decay_scope', optim.DECAY_SCOPES),
     ('optim.schedule_unit', optim.SCHEDULE_UNITS),
+    ('analysis.weights', tuple(checkpoint.WEIGHTS)), ('evaluate.weights', tuple(checkpoint.WEIGHTS)),
 )
 
 

@@ -26,6 +26,10 @@ TRAINERS = {
     # Only reads a workdir, so it may run beside the training that writes it.
     'analyze': Trainer('vit_jax.analysis.run:analyze', check='vit_jax.analysis.run:check',
                        writes_workdir=False, errors=()),
+    # Writes only its own result files (evaluate_<split>_<epoch>_<weights>.json / .npz,
+    # each atomically) and reads finished checkpoints: no run lock, like analyze.
+    'evaluate': Trainer('vit_jax.train.evaluate:evaluate', check='vit_jax.train.evaluate:check',
+                        writes_workdir=False, errors=(ValueError, FileNotFoundError, OSError)),
     'crystallize': Trainer('vit_jax.crystallize.run:run', check='vit_jax.crystallize.checks:check',
                            vit_config=False),
 }

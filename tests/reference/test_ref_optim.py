@@ -173,3 +173,32 @@ def test_lr_scaling_is_deits():
   """DeiT main.py: lr = args.lr * batch_size * world_size / 512."""
   assert optim.scaled_lr(config_lib.load('deit_distill').optim, 1024) == pytest.approx(1e-3)
   assert optim.scaled_lr(config_lib.load('vanilla').optim, 1024) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize('warmup', [False, True])
+def test_ema_against_timm_model_ema_v3(warmup):
+  """Our EMA update after each of 12 optimizer updates against timm's ModelEmaV3 on the same
+  sequence of weights, float32, within 1e-6: warmup=True as timm's train.py calls it
+  (update(model, step=num_updates), use_warmup=True), warmup=False as DeiT's constant decay
+  (update(model) without a step). decay 0.9 and warmup_power 2/3 make every step count."""
+  from timm.utils.model_ema import ModelEmaV3
+  from vit_jax.train import steps
+  cfg = ml_collections.ConfigDict(dict(decay=0.9, warmup=warmup, warmup_gamma=1.0,
+                                       warmup_power=2 / 3))
+  torch.manual_seed(0)
+  net = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.LayerNorm(3))
+  ema_ref = ModelEmaV3(net, decay=cfg.decay, use_warmup=warmup, warmup_gamma=cfg.warmup_gamma,
+                       warmup_power=cfg.warmup_power)
+  ema = {n: jnp.asarray(p.detach().numpy()) for n, p in net.named_parameters()}
+  rng = np.random.default_rng(0)
+  for update in range(1, 13):
+    with torch.no_grad():   # the weights after this update: large, varying moves
+      for p in net.parameters():
+        p.copy_(torch.from_numpy(rng.normal(size=tuple(p.shape)).astype(np.float32) * update))
+    ema_ref.update(net, step=update) if warmup else ema_ref.update(net)
+    params = {n: jnp.asarray(p.detach().numpy()) for n, p in net.named_parameters()}
+    ema = steps.ema_update(ema, params, steps.ema_decay(cfg, update))
+    want = dict(ema_ref.module.named_parameters())
+    for n in ema:
+      np.testing.assert_allclose(np.asarray(ema[n]), want[n].detach().numpy(), rtol=1e-6,
+                                 atol=1e-6, err_msg=f'{n} after update {update}')

@@ -60,6 +60,7 @@ def check(config, workdir: str) -> int:
   step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
   checkpoint.require_model(step_dir, model,
                            f'checkpoint {step_dir!r} was made with another model than this config')
+  checkpoint.require_weights(step_dir, config.analysis.get('weights', 'raw'), 'analysis.weights')
   return epoch
 
 
@@ -89,7 +90,8 @@ def load_params(config, step_dir: str):
   model = models.build_model(config.model, config.dataset.num_classes, 'float32')
   abstract = models.abstract_params(model)
   return jax.tree.map(lambda a, p: np.asarray(p, a.dtype), abstract,
-                      checkpoint.restore_params(step_dir))
+                      checkpoint.restore_params(step_dir,
+                                                config.analysis.get('weights', 'raw')))
 
 
 def probe_images(config) -> np.ndarray:

@@ -253,8 +253,30 @@ def shape_mismatch(saved: dict, expected: dict) -> str | None:
   return None
 
 
-def restore_params(step_dir: str):
-  """The params of a saved train state, as stored (no target tree needed)."""
+# Which weights of a train state to read: the trained params, or their EMA (config.ema).
+WEIGHTS = {'raw': 'params', 'ema': 'ema_params'}
+
+
+def has_ema(step_dir: str) -> bool:
+  """Whether a saved train state holds EMA weights (a run with config.ema.decay > 0)."""
+  with _quiet():
+    meta = ocp.StandardCheckpointer().metadata(os.path.join(os.path.abspath(step_dir), 'state'))
+  tree = getattr(meta, 'item_metadata', meta)
+  return bool(jax.tree_util.tree_leaves(dict(tree).get('ema_params')))
+
+
+def require_weights(step_dir: str, weights: str, field: str) -> None:
+  """ValueError in one line unless `weights` is in WEIGHTS and the checkpoint has them."""
+  if weights not in WEIGHTS:
+    raise ValueError(f'{field}={weights!r} is not one of {tuple(WEIGHTS)}')
+  if weights == 'ema' and not has_ema(step_dir):
+    raise ValueError(f"{field}='ema' but checkpoint {step_dir!r} holds no EMA weights (its run "
+                     "had config.ema.decay=0); use 'raw'")
+
+
+def restore_params(step_dir: str, weights: str = 'raw'):
+  """The params (or, weights='ema', their EMA) of a saved train state, as stored (no
+  target tree needed)."""
   with _quiet():
     restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(step_dir), 'state'))
-  return restored['params']
+  return restored[WEIGHTS[weights]]

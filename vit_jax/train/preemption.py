@@ -51,9 +51,10 @@ class PreemptionWatch:
 
 
 def resume(preempt_mngr, mngr, abstract_state, steps_per_epoch: int):
-  """(state, data_state, finished epochs, losses of the steps done since) from
+  """(state, data_state, finished epochs, progress of the epoch so far) from
   checkpoints/preempted, or None. Only a mid-epoch checkpoint newer than the last
-  epoch checkpoint is used."""
+  epoch checkpoint is used. Steps are train steps (micro-steps with gradient
+  accumulation); progress is the dict the loop saved (its 'train_losses' one per step)."""
   step = preempt_mngr.latest_step()
   if step is None:
     return None
@@ -70,7 +71,7 @@ def resume(preempt_mngr, mngr, abstract_state, steps_per_epoch: int):
   epoch = progress['epoch']
   print(f'resumed from {preempt_mngr.directory} at step {step} (epoch {epoch}, step '
         f'{len(progress["train_losses"])} of {steps_per_epoch})', flush=True)
-  return state, data_state, epoch - 1, progress['train_losses']
+  return state, data_state, epoch - 1, dict(progress)
 
 
 def drop_superseded(preempt_mngr, mngr, steps_per_epoch: int) -> None:

@@ -23,6 +23,8 @@ class TrainState:
   params: Any
   opt_state: Any
   bad_step: jax.Array   # first step whose loss or gradient was not finite; -1 if none
+  # The exponential moving average of params (config.ema), None when it is off.
+  ema_params: Any = None
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -32,11 +34,38 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 
 
 def check_batch_sizes(config, n_devices: int) -> None:
-  """Global batches are split evenly over the devices of the data axis."""
+  """Global batches are split evenly over the devices of the data axis; with gradient
+  accumulation each of the grad_accum_steps micro-batches is."""
+  k = config.get('grad_accum_steps', 1)
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f'grad_accum_steps={k!r} must be a whole number >= 1 (1 = off)')
+  if k > 1 and (config.batch_size <= 0 or config.batch_size % (k * n_devices)):
+    raise ValueError(f'batch_size={config.batch_size} must be a positive multiple of '
+                     f'grad_accum_steps={k} x {n_devices} devices = {k * n_devices}')
   for name in ('batch_size', 'eval_batch_size'):
     if config[name] <= 0 or config[name] % n_devices:
       raise ValueError(f'{name}={config[name]} must be a positive multiple of the '
                        f'{n_devices} devices')
+
+
+def ema_decay(cfg, updates):
+  """The decay of the EMA update after optimizer update number `updates` (1-based).
+
+  warmup False: the constant cfg.decay (DeiT's timm ModelEma; timm's ModelEmaV3.update
+  without a step). warmup True: timm's ModelEmaV3.get_decay(step=updates) as timm's
+  train.py calls it: 0 at the first update (the EMA becomes the weights), then
+  1 - (1 + s / warmup_gamma) ** -warmup_power with s = updates - 1, at most cfg.decay.
+  """
+  if not cfg.warmup:
+    return jnp.float32(cfg.decay)
+  s = jnp.maximum(jnp.asarray(updates, jnp.float32) - 1, 0)
+  warm = 1 - (1 + s / cfg.warmup_gamma) ** -cfg.warmup_power
+  return jnp.where(s <= 0, 0.0, jnp.minimum(warm, cfg.decay)).astype(jnp.float32)
+
+
+def ema_update(ema, params, decay):
+  """ema + (1 - decay) (params - ema): torch's ema.lerp_(params, 1 - decay) as timm does it."""
+  return jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), ema, params)
 
 
 def train_step(state: TrainState, batch, teacher_params=None, *, model, tx, config, base_rng,
@@ -62,21 +91,38 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model, tx, conf
     if getattr(model, 'distillation', False):
       return losses.deit_objective(out['cls_logits'], out['dist_logits'], targets, teacher_logits,
                                    base=base, kind=config.teacher.kind,
-                                   alpha=config.teacher.alpha, tau=config.teacher.tau)
-    return base(logits, targets)
+                                   alpha=config.teacher.alpha, tau=config.teacher.tau), logits
+    return base(logits, targets), logits
 
-  loss, grads = jax.value_and_grad(objective)(state.params)
-  grad_norm = optax.tree.norm(grads)
+  (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  # Train top-1: the argmax of the logits against the argmax of the (mixed, smoothed)
+  # target, which is the hard label whenever mixup / cutmix are off.
+  acc1 = (jnp.argmax(logits, -1) == jnp.argmax(targets, -1)).astype(jnp.float32).mean()
+  k = config.get('grad_accum_steps', 1)
+  if k > 1:   # the norm of the gradient the update will use: the mean of the micro-batches'
+    n = state.opt_state.mini_step
+    grads_seen = jax.tree.map(lambda a, g: a + (g - a) / (n + 1), state.opt_state.acc_grads,
+                              grads)
+    grad_norm, micro_norm = optax.tree.norm(grads_seen), optax.tree.norm(grads)
+  else:
+    grad_norm = micro_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  finite = jnp.isfinite(loss) & jnp.isfinite(micro_norm)
   apply = finite & (state.bad_step < 0)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+  ema = state.ema_params
+  if ema is not None:   # after every optimizer update (timm's train.py, DeiT's engine.py)
+    updated = (state.step + 1) // k if k > 1 else state.step + 1
+    is_update = (state.step + 1) % k == 0
+    new_ema = ema_update(ema, params, ema_decay(config.ema, updated))
+    ema = keep(jax.tree.map(lambda n, o: jnp.where(is_update, n, o), new_ema, ema), ema)
   new_state = TrainState(
       step=state.step + 1, params=keep(params, state.params),
       opt_state=keep(opt_state, state.opt_state),
-      bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step))
-  return new_state, {'loss': loss, 'grad_norm': grad_norm}
+      bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step),
+      ema_params=ema)
+  return new_state, {'loss': loss, 'grad_norm': grad_norm, 'acc1': acc1}
 
 
 def eval_step(params, batch, *, model, config):
@@ -103,6 +149,10 @@ def probe_norms(params, images, *, model, config):
   return token_norms.patch_token_norms(out)
 
 
+def ema_enabled(config) -> bool:
+  return 'ema' in config and config.ema.decay > 0
+
+
 class Trainer:
   """Holds the compiled steps and shardings of one config on one mesh."""
 
@@ -123,11 +173,16 @@ class Trainer:
     c = self.config
     self.lr_fn = optim.schedule(c.optim, c.batch_size, steps_per_epoch, c.total_epochs)
     self.tx = optim.build(c.optim, self.lr_fn)
+    self.accum = c.get('grad_accum_steps', 1)
+    if self.accum > 1:   # the schedule counts optimizer updates: MultiSteps' inner state
+      self.tx = optax.MultiSteps(self.tx, every_k_schedule=self.accum)
+    self.use_ema = ema_enabled(c)
 
     def init(rng):
       params = models.init_params(self.model, rng)
       return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        opt_state=self.tx.init(params), bad_step=jnp.full((), -1, jnp.int32))
+                        opt_state=self.tx.init(params), bad_step=jnp.full((), -1, jnp.int32),
+                        ema_params=jax.tree.map(jnp.copy, params) if self.use_ema else None)
 
     abstract = jax.eval_shape(init, self.init_rng)
     self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)

@@ -1,0 +1,71 @@
+"""Gradient accumulation (config.grad_accum_steps, optax.MultiSteps): k micro-batches of
+batch_size / k give the update of one batch of batch_size, for AdamW and for LAMB (whose
+trust ratio and gradient clipping must see the accumulated gradient), with the learning
+rate counted in optimizer updates; float32, params within 1e-5 relative (max |diff| over
+max |param| of each tensor) after 3 updates. Augmentation and every dropout are off,
+because mixup / cutmix / drop-path draws per micro-batch differ from a full batch's;
+the model has no BatchNorm, so the equivalence is exact up to float rounding."""
+import jax
+import numpy as np
+import pytest
+
+import tiny_run  # noqa: F401  (the shared on-disk compilation cache)
+from vit_jax import config_lib
+from vit_jax.data import sources
+from vit_jax.train import steps
+
+BATCH, K, UPDATES = 16, 4, 3
+
+
+def _config(name, k):
+  c = config_lib.load('vanilla', 'quick')
+  c.model.update(depth=1, width=32, num_heads=2, drop_path_rate=0.0)
+  c.optim.update(name=name, schedule_unit='step', warmup_epochs=1.0, warmup_lr=1e-4,
+                 lr=5e-3 if name == 'lamb' else 1e-3, clip_grad_norm=0.5 if name == 'lamb' else 0.0)
+  c.batch_size, c.grad_accum_steps, c.total_epochs = BATCH, k, 2
+  return c
+
+
+def _batches():
+  src = sources.digits('train', 16)
+  rng = np.random.default_rng(0)
+  idx = rng.permutation(len(src))[:BATCH * UPDATES].reshape(UPDATES, BATCH)
+  return [{'image': np.stack([src[int(i)]['image'] for i in row]).astype(np.uint8),
+           'label': np.asarray([src[int(i)]['label'] for i in row], np.int32)} for row in idx]
+
+
+def _train(name, k):
+  trainer = steps.Trainer(_config(name, k))
+  # 2 updates of warmup: every update has its own lr, so a schedule counted in
+  # micro-steps would show.
+  state = trainer.setup(steps_per_epoch=2)
+  start = jax.device_get(state.params)
+  for batch in _batches():
+    for j in range(k):
+      part = {n: v[j * BATCH // k:(j + 1) * BATCH // k] for n, v in batch.items()}
+      state, _ = trainer.train_step(state, trainer.global_batch(part))
+  return start, jax.device_get(state)
+
+
+@pytest.mark.parametrize('name', ['adamw', 'lamb'])
+def test_k_micro_batches_make_the_update_of_one_batch(name):
+  (p0, full), (_, accum) = _train(name, 1), _train(name, K)
+  assert int(accum.opt_state.gradient_step) == UPDATES and int(accum.step) == UPDATES * K
+  moved = 0
+  for (path, a), b, p0 in zip(jax.tree_util.tree_leaves_with_path(accum.params),
+                              jax.tree.leaves(full.params), jax.tree.leaves(p0)):
+    scale = np.abs(b).max()
+    assert np.abs(a - b).max() <= 1e-5 * scale, (jax.tree_util.keystr(path),
+                                                 np.abs(a - b).max() / scale)
+    moved += np.abs(b - p0).max() > 1e-3 * max(scale, 1e-3)
+  assert moved > 10          # the updates moved the weights: the comparison is not vacuous
+
+
+def test_batch_size_must_split_into_k_times_the_devices():
+  c = _config('adamw', 3)
+  with pytest.raises(ValueError, match=r'^batch_size=16 must be a positive multiple of '
+                     r'grad_accum_steps=3 x 1 devices = 3$'):
+    steps.check_batch_sizes(c, 1)
+  c.grad_accum_steps = 0
+  with pytest.raises(ValueError, match='grad_accum_steps=0 must be a whole number >= 1'):
+    steps.check_batch_sizes(c, 1)

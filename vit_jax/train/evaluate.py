@@ -1,0 +1,148 @@
+"""config.trainer='evaluate': top-1, top-5 and per-class accuracy of one saved checkpoint.
+
+    python -m vit_jax.main --config configs/X.py --workdir RUN --config.trainer=evaluate \
+      [--config.evaluate.checkpoint=latest|best|EPOCH] [--config.evaluate.weights=raw|ema] \
+      [--config.evaluate.split=val|train]
+
+No training: the checkpoint's params (or their EMA) are run over the whole split in fixed
+order with the evaluation crop, as the training run's per-epoch evaluation does, so the
+top-1 of 'val' with 'raw' weights is that epoch's val_acc1 in metrics.csv. Written to
+the workdir: evaluate_<split>_<epoch>_<weights>.json (the accuracies) and .npz (the
+logits and labels, for other statistics), each atomically, under names of their own; the
+run lock is not taken, so this may run beside the training that writes the workdir
+(it reads only finished checkpoints), as analyze does.
+"""
+import functools
+import json
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import models
+from vit_jax.data import sources
+from vit_jax.data.augment import normalize
+from vit_jax.train import checkpoint
+from vit_jax.train import evaluation
+from vit_jax.train import losses
+from vit_jax.train import steps
+
+SPLITS = ('val', 'train')
+
+
+def select_epoch(workdir: str, spec: str) -> int:
+  """'latest', 'best' (the highest val_acc1 of the saved epochs) or a saved epoch number."""
+  folder = os.path.join(workdir, 'checkpoints')
+  epochs = checkpoint.saved_steps(folder)
+  if not epochs:
+    raise FileNotFoundError(f'workdir {workdir!r} has no checkpoint in checkpoints/; train it '
+                            'first (config.trainer=train)')
+  if spec == 'latest':
+    return epochs[-1]
+  if spec == 'best':
+    return checkpoint.best_step(folder)
+  if not str(spec).isdigit() or int(spec) not in epochs:
+    raise ValueError(f'evaluate.checkpoint={spec!r}: no such checkpoint in {folder}; saved '
+                     f"epochs: {', '.join(map(str, epochs))} (or 'latest', 'best')")
+  return int(spec)
+
+
+def check(config, workdir: str) -> int:
+  """Every bad input in one line before any model runs; returns the epoch to evaluate."""
+  e = config.evaluate
+  if e.split not in SPLITS:
+    raise ValueError(f'evaluate.split={e.split!r} is not one of {SPLITS}')
+  if e.weights not in checkpoint.WEIGHTS:
+    raise ValueError(f'evaluate.weights={e.weights!r} is not one of {tuple(checkpoint.WEIGHTS)}')
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'workdir {workdir!r} does not exist; evaluate needs a training '
+                            'workdir')
+  try:   # the result files are written at the end: fail now, not after the evaluation
+    tempfile.TemporaryFile(dir=workdir).close()
+  except OSError as err:
+    raise ValueError(f'workdir {workdir!r} is not writable ({err.strerror}); evaluate writes '
+                     'its result there') from None
+  epoch = select_epoch(workdir, str(e.checkpoint))
+  step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
+  model = models.build_model(config.model, config.dataset.num_classes, 'float32')
+  checkpoint.require_model(step_dir, model,
+                           f'checkpoint {step_dir!r} was made with another model than this config')
+  checkpoint.require_weights(step_dir, e.weights, 'evaluate.weights')
+  return epoch
+
+
+def logits_and_correct(params, batch, *, model, config):
+  """Float32 logits and per-example top-1 / top-5 hits, computed as eval_step does."""
+  logits, _ = model.apply({'params': params}, normalize(batch['image'], config.dataset))
+  logits = logits.astype(jnp.float32)
+  return {'logits': logits, 'top1': losses.topk_correct(logits, batch['label'], 1),
+          'top5': losses.topk_correct(logits, batch['label'], 5)}
+
+
+def run_split(trainer, params, source) -> dict:
+  """{'logits' (N, C), 'labels' (N,), 'top1' (N,), 'top5' (N,)} of the readable examples."""
+  fn = jax.jit(functools.partial(logits_and_correct, model=trainer.model, config=trainer.config),
+               in_shardings=(trainer.replicated, trainer.data_sharding),
+               out_shardings=trainer.replicated)
+  params = jax.device_put(params, trainer.replicated)
+  parts = []
+  for batch in evaluation.eval_batches(trainer, source, trainer.config.eval_batch_size):
+    batch.pop('unreadable')
+    out = jax.device_get(fn(params, trainer.global_batch(trainer.local_rows(batch))))
+    mask = batch['mask'].astype(bool)
+    parts.append({**{k: v[mask] for k, v in out.items()}, 'labels': batch['label'][mask]})
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def summary(out: dict, num_classes: int) -> dict:
+  """Top-1 / top-5 (%) over the split and top-1 (%) and count of every class."""
+  labels = out['labels']
+  counts = np.bincount(labels, minlength=num_classes)
+  hits = np.bincount(labels, weights=out['top1'], minlength=num_classes)
+  per_class = [None if n == 0 else 100.0 * h / n for h, n in zip(hits, counts)]
+  return {'count': int(len(labels)), 'acc1': 100.0 * float(out['top1'].mean(dtype=np.float64)),
+          'acc5': 100.0 * float(out['top5'].mean(dtype=np.float64)), 'per_class_acc1': per_class,
+          'per_class_count': counts.tolist()}
+
+
+def _write_atomically(path: str, write) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def evaluate(config, workdir: str) -> dict:
+  """Evaluate the chosen checkpoint; returns the summary written to the workdir."""
+  epoch = check(config, workdir)
+  e = config.evaluate
+  step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
+  trainer = steps.Trainer(config)
+  abstract = models.abstract_params(trainer.model)
+  params = jax.tree.map(lambda a, p: np.asarray(p, a.dtype), abstract,
+                        checkpoint.restore_params(step_dir, e.weights))
+  out = run_split(trainer, params, sources.get(config.dataset, e.split))
+  result = {'epoch': epoch, 'weights': e.weights, 'split': e.split,
+            'dataset': config.dataset.name, **summary(out, config.dataset.num_classes)}
+  if jax.process_index() == 0:
+    stem = os.path.join(workdir, f'evaluate_{e.split}_{epoch}_{e.weights}')
+
+    def write_json(path):
+      with open(path, 'w') as f:
+        json.dump(result, f, indent=1)
+
+    def write_npz(path):
+      with open(path, 'wb') as f:
+        np.savez(f, logits=out['logits'], labels=out['labels'])
+
+    _write_atomically(stem + '.npz', write_npz)
+    _write_atomically(stem + '.json', write_json)
+    print(f"epoch {epoch} ({e.weights} weights) on {config.dataset.name} {e.split}: top-1 "
+          f"{result['acc1']:.2f}% top-5 {result['acc5']:.2f}% over {result['count']} images; "
+          f'written to {stem}.json', flush=True)
+  return result
