@@ -273,6 +273,16 @@ def test_refusals_name_the_first_misfit(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'holds none of') as e:
     hub.load(str(tmp_path))
   _one_line(e)
+  # The .npz names its first array without a place (here the old ViT's pre-logits layer).
+  vit_ref = _timm('vit_small_patch16_224', seed=13, img_size=32, patch_size=8, num_classes=7)
+  path = _write_npz(tmp_path / 'augreg.npz', vit_ref, 'augreg')
+  with np.load(path) as f:
+    arrays = dict(f)
+  np.savez(path, **arrays, **{'pre_logits/kernel': np.zeros((48, 48), np.float32)})
+  with pytest.raises(ValueError, match=r"the .npz array 'pre_logits/kernel' \(48, 48\) has no "
+                                       r"place") as e:
+    hub.load(path)
+  _one_line(e)
 
 
 # --- export ----------------------------------------------------------------------------------
