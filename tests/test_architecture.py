@@ -35,6 +35,7 @@ ALLOWED = {
     'analysis': {'analysis', 'models', 'data', 'train.checkpoint', 'train.metrics_io'},
     'crystallize': {'crystallize'},
     'bench': {'bench', 'config_lib', 'models', 'data', 'train', 'crystallize'},
+    'export': {'exits', 'models', 'train.checkpoint'},
     'main': {'*'},
     'preflight': {'*'},
 }

@@ -84,3 +84,306 @@ def test_heads_from_the_architecture_name(tmp_path):
   imported = hub.load(_save(ref, tmp_path, drop_model_args=True))
   assert imported.model['num_heads'] == 6
   _check(ref, imported, _images(size=32))
+
+
+@pytest.mark.parametrize('arch,family,layout', [
+    ('vit_small_patch16_224', 'augreg', dict(pos_embed='all', layerscale_init=0.0)),
+    ('vit_small_patch14_dinov2', 'dinov2',
+     dict(pos_embed='all', layerscale_init=1e-5, patch_size=14, num_registers=0)),
+    ('vit_small_patch14_reg4_dinov2', 'dinov2_reg',
+     dict(pos_embed='patches', layerscale_init=1e-5, patch_size=14, num_registers=4)),
+])
+def test_augreg_and_dinov2_from_the_hub_layout(tmp_path, arch, family, layout):
+  """DINOv2 is headless (timm's num_classes=0): the features are compared. timm's DINOv2 with
+  registers is no_embed_class: the cls token's position embedding is folded into it
+  (timm's _convert_dinov2), registers have none."""
+  size = 28 if 'dinov2' in arch else 32
+  kwargs = {} if 'dinov2' in arch else dict(patch_size=8, num_classes=7)
+  ref = _timm(arch, seed=3, img_size=size, **kwargs)
+  imported = hub.load(_save(ref, tmp_path))
+  assert imported.family == family
+  assert imported.num_classes == (0 if 'dinov2' in arch else 7)
+  assert {k: imported.model[k] for k in layout} == layout
+  _check(ref, imported, _images(size=size))
+
+
+# --- position embeddings at another size ----------------------------------------------
+
+@pytest.mark.parametrize('old,new,prefix', [(37, 16, 1), (14, 10, 0), (4, 6, 1), (7, 3, 2),
+                                            (5, 5, 1)])
+def test_resample_matches_timm(old, new, prefix):
+  """timm's resample_abs_pos_embed (bicubic, antialias=True as its checkpoint_filter_fn
+  passes it), shrinking and growing, with prefix tokens kept."""
+  from timm.layers import resample_abs_pos_embed
+  pos = np.random.default_rng(old).normal(size=(1, prefix + old * old, 24)).astype(np.float32)
+  want = resample_abs_pos_embed(torch.from_numpy(pos), [new, new], num_prefix_tokens=prefix,
+                                interpolation='bicubic', antialias=True).numpy()
+  got = hub.resample_pos_embed(pos, new, prefix)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('arch,native,size,kwargs', [
+    ('vit_small_patch14_dinov2', 518, 224, {}),                     # DINOv2's native 518
+    ('deit3_small_patch16_224', 64, 40, dict(patch_size=8, num_classes=7)),   # shrink
+    ('deit3_small_patch16_224', 32, 48, dict(patch_size=8, num_classes=7)),   # grow
+    ('deit_small_distilled_patch16_224', 48, 32, dict(patch_size=8, num_classes=7)),
+])
+def test_another_image_size_matches_timm_checkpoint_filter(tmp_path, arch, native, size,
+                                                           kwargs):
+  """hub.load(image_size=...) vs timm's model created at that size and loaded through its
+  checkpoint_filter_fn (which resamples the position embeddings)."""
+  from timm.models.vision_transformer import checkpoint_filter_fn
+  ref = _timm(arch, seed=4, img_size=native, **kwargs)
+  folder = _save(ref, tmp_path)
+  imported = hub.load(folder, image_size=size)
+  assert imported.model['image_size'] == native
+  at_size = timm.create_model(arch, pretrained=False, img_size=size, **SMALL, **kwargs).eval()
+  at_size.load_state_dict(checkpoint_filter_fn(ref.state_dict(), at_size), strict=True)
+  _check(at_size, imported, _images(n=2, size=size))
+
+
+# --- other formats and sources ------------------------------------------------------------
+
+def _write_npz(path, model, naming):
+  """A timm ViT as a .npz, written in the vision_transformer repository's AugReg naming
+  ('augreg') or big_vision's ('big_vision': params/ prefix, its module indices)."""
+  sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  d, heads = model.embed_dim, model.blocks[0].attn.num_heads
+  p = 'params/' if naming == 'big_vision' else ''
+  mha, mlp, ln2 = (0, 0, 1) if naming == 'big_vision' else (1, 3, 2)
+  w = {f'{p}embedding/kernel': sd['patch_embed.proj.weight'].transpose(2, 3, 1, 0),
+       f'{p}embedding/bias': sd['patch_embed.proj.bias'], f'{p}cls': sd['cls_token'],
+       f'{p}Transformer/encoder_norm/scale': sd['norm.weight'],
+       f'{p}Transformer/encoder_norm/bias': sd['norm.bias'],
+       f'{p}head/kernel': sd['head.weight'].T, f'{p}head/bias': sd['head.bias']}
+  w[f'{p}pos_embedding' if naming == 'big_vision' else
+    'Transformer/posembed_input/pos_embedding'] = sd['pos_embed']
+  for i in range(len(model.blocks)):
+    t, b = f'blocks.{i}.', f'{p}Transformer/encoderblock_{i}/'
+    a = f'{b}MultiHeadDotProductAttention_{mha}/'
+    w[f'{b}LayerNorm_0/scale'], w[f'{b}LayerNorm_0/bias'] = sd[t + 'norm1.weight'], sd[t + 'norm1.bias']
+    w[f'{b}LayerNorm_{ln2}/scale'] = sd[t + 'norm2.weight']
+    w[f'{b}LayerNorm_{ln2}/bias'] = sd[t + 'norm2.bias']
+    for n, wq, bq in zip(('query', 'key', 'value'), np.split(sd[t + 'attn.qkv.weight'], 3),
+                         np.split(sd[t + 'attn.qkv.bias'], 3)):
+      w[f'{a}{n}/kernel'] = wq.T.reshape(d, heads, -1)
+      w[f'{a}{n}/bias'] = bq.reshape(heads, -1)
+    w[f'{a}out/kernel'] = sd[t + 'attn.proj.weight'].T.reshape(heads, -1, d)
+    w[f'{a}out/bias'] = sd[t + 'attn.proj.bias']
+    for r in (1, 2):
+      w[f'{b}MlpBlock_{mlp}/Dense_{r - 1}/kernel'] = sd[t + f'mlp.fc{r}.weight'].T
+      w[f'{b}MlpBlock_{mlp}/Dense_{r - 1}/bias'] = sd[t + f'mlp.fc{r}.bias']
+  np.savez(path, **w)
+  return str(path)
+
+
+@pytest.mark.parametrize('naming', ['augreg', 'big_vision'])
+def test_npz_matches_timm(tmp_path, naming):
+  """The writer is checked by timm's own .npz loader (a second timm model gets the same
+  tensors); then ours from the .npz vs timm. Heads come from the kernels' shapes."""
+  from timm.models.vision_transformer import _load_weights
+  kwargs = dict(img_size=32, patch_size=8, num_classes=7)
+  ref = _timm('vit_small_patch16_224', seed=5, **kwargs)
+  path = _write_npz(tmp_path / 'augreg.npz', ref, naming)
+  twin = timm.create_model('vit_small_patch16_224', pretrained=False, **SMALL, **kwargs).eval()
+  _load_weights(twin, path)
+  for key, value in ref.state_dict().items():
+    np.testing.assert_array_equal(twin.state_dict()[key].numpy(), value.numpy(), err_msg=key)
+  imported = hub.load(path)
+  assert imported.family == 'augreg' and imported.model['num_heads'] == 4
+  _check(ref, imported, _images(size=32))
+
+
+def test_pytorch_model_bin(tmp_path, monkeypatch):
+  ref = _timm('deit3_small_patch16_224', seed=6, img_size=32, patch_size=8, num_classes=7)
+  save_for_hf(ref, str(tmp_path), safe_serialization=False)
+  assert not (tmp_path / 'model.safetensors').exists()
+  imported = hub.load(str(tmp_path))
+  assert imported.source == str(tmp_path / 'pytorch_model.bin')
+  _check(ref, imported, _images(size=32))
+  import sys
+  monkeypatch.setitem(sys.modules, 'torch', None)     # as if torch were not installed
+  with pytest.raises(ValueError, match=r'pytorch_model.bin is a torch pickle and torch is not '
+                                       r'installed'):
+    hub.load(str(tmp_path))
+
+
+def test_hf_hub_from_the_local_cache(tmp_path, monkeypatch):
+  """hf-hub:ORG/NAME resolves offline in a cache laid out as huggingface_hub lays it out."""
+  ref = _timm('vit_small_patch14_reg4_dinov2', seed=7, img_size=28)
+  commit = 'a' * 40
+  repo = tmp_path / 'hub' / 'models--timm--vit_small_patch14_reg4_dinov2.lvd142m'
+  _save(ref, repo / 'snapshots' / commit)
+  (repo / 'refs').mkdir()
+  (repo / 'refs' / 'main').write_text(commit)
+  monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hub'))
+  imported = hub.load('hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m')
+  assert imported.source == str(repo / 'snapshots' / commit / 'model.safetensors')
+  assert imported.family == 'dinov2_reg'
+  _check(ref, imported, _images(n=2, size=28))
+  with pytest.raises(FileNotFoundError, match=r'hf-hub:timm/deit3_small_patch16_224.fb_in1k has '
+                                              r'no model.safetensors or pytorch_model.bin in the '
+                                              r'Hugging Face cache .*hub .*cannot download'):
+    hub.load('hf-hub:timm/deit3_small_patch16_224.fb_in1k')
+
+
+# --- refusals, each in one line --------------------------------------------------------
+
+def _one_line(excinfo):
+  assert '\n' not in str(excinfo.value)
+  return str(excinfo.value)
+
+
+def test_refusals_name_the_first_misfit(tmp_path):
+  convnext = timm.create_model('convnext_atto', pretrained=False, num_classes=7)
+  # safetensors keeps names sorted: head.fc.bias is the file's first tensor.
+  with pytest.raises(ValueError, match=r"tensor 'head.fc.bias' \(7,\) does not fit "
+                                       r"the project's ViT") as e:
+    hub.load(_save(convnext, tmp_path / 'convnext'))
+  _one_line(e)
+  qk_norm = _timm('vit_small_patch16_224', seed=8, img_size=32, patch_size=8, qk_norm=True)
+  with pytest.raises(ValueError, match=r"tensor 'blocks.0.attn.k_norm.bias' \(12,\)") as e:
+    hub.load(_save(qk_norm, tmp_path / 'qk_norm'))
+  _one_line(e)
+  # A tensor of the right name and the wrong shape.
+  ref = _timm('deit3_small_patch16_224', seed=9, img_size=32, patch_size=8, num_classes=7)
+  folder = _save(ref, tmp_path / 'bad_shape')
+  from safetensors.numpy import load_file, save_file
+  state = load_file(os.path.join(folder, 'model.safetensors'))
+  state['blocks.1.mlp.fc1.bias'] = state['blocks.1.mlp.fc1.bias'][:100]
+  save_file(state, os.path.join(folder, 'model.safetensors'))
+  with pytest.raises(ValueError, match=r'blocks.1.mlp.fc1.bias of shape \(100,\) does not fit '
+                                       r'parameter block_1/mlp/fc1/bias of shape \(192,\)') as e:
+    hub.load(folder)
+  _one_line(e)
+  # An architecture this loader does not map, though its tensors have ViT names.
+  with open(os.path.join(folder, 'config.json')) as f:
+    cfg = json.load(f)
+  cfg['architecture'] = 'vit_base_patch16_clip_224'
+  save_file(load_file(os.path.join(folder, 'model.safetensors')) | {
+      'blocks.1.mlp.fc1.bias': np.zeros(192, np.float32)}, os.path.join(folder, 'model.safetensors'))
+  with open(os.path.join(folder, 'config.json'), 'w') as f:
+    json.dump(cfg, f)
+  with pytest.raises(ValueError, match=r"architecture 'vit_base_patch16_clip_224' is not one "
+                                       r"this loader maps") as e:
+    hub.load(folder)
+  _one_line(e)
+  os.remove(os.path.join(folder, 'config.json'))
+  with pytest.raises(ValueError, match=r'no config.json with the architecture') as e:
+    hub.load(os.path.join(folder, 'model.safetensors'))
+  _one_line(e)
+  with pytest.raises(FileNotFoundError, match=r"checkpoint '/nowhere/model.safetensors' does "
+                                              r"not exist") as e:
+    hub.load('/nowhere/model.safetensors')
+  _one_line(e)
+  with pytest.raises(FileNotFoundError, match=r'holds none of') as e:
+    hub.load(str(tmp_path))
+  _one_line(e)
+
+
+# --- export ----------------------------------------------------------------------------------
+
+def _random_params(model, seed):
+  """Our init, then made non-uniform like refutil.randomize_ (peaked attention)."""
+  import flax
+  from vit_jax import models
+  rng = np.random.default_rng(seed)
+  flat = flax.traverse_util.flatten_dict(models.abstract_params(model), sep='/')
+  out = {}
+  for path, leaf in flat.items():
+    r = rng.normal(size=leaf.shape).astype(np.float32)
+    if path.endswith('kernel'):
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      out[path] = r * (2.5 if 'qkv' in path else 1.0) / fan_in ** 0.5
+    elif 'norm' in path and path.endswith('scale'):
+      out[path] = 1.0 + 0.2 * r
+    elif path.startswith('block') and '/ls_' in path:
+      out[path] = 0.5 + 0.2 * r
+    else:
+      out[path] = 0.3 * r
+  return flax.traverse_util.unflatten_dict(out, sep='/')
+
+
+@pytest.mark.parametrize('fields,num_classes', [
+    (dict(layerscale_init=1e-6, pos_embed='patches', num_registers=4), 7),   # DeiT-III + regs
+    (dict(layerscale_init=0.0, pos_embed='all', distillation=True), 5),      # distilled DeiT
+    (dict(layerscale_init=1e-5, pos_embed='all', patch_size=14, image_size=28), 0),  # DINOv2
+])
+def test_export_loads_in_timm(tmp_path, fields, num_classes):
+  """export_timm's folder, read by timm itself (create_model('local-dir:...', pretrained=True)
+  takes the architecture and model_args from config.json and the weights strictly), gives
+  the logits of the project's ViT; and hub.load reads it back to the same params."""
+  m = {**dict(image_size=32, patch_size=8, width=48, depth=2, num_heads=4, mlp_ratio=2.0,
+              qkv_bias=True, num_registers=0, distillation=False, head='linear',
+              layer_norm_eps=1e-6, gate='none', svd_tap_layers=()), **fields}
+  model = vit.ViT(num_classes=num_classes, **m)
+  params = _random_params(model, seed=10)
+  out = hub.export_timm(params, m, num_classes, str(tmp_path / 'exported'))
+  assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']
+  assert os.listdir(tmp_path) == ['exported']          # no temporary folder left behind
+  ref = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+  imported = hub.load(out)
+  assert imported.num_classes == num_classes
+  for key in ('width', 'depth', 'num_heads', 'patch_size', 'pos_embed', 'num_registers',
+              'distillation', 'image_size'):
+    assert imported.model[key] == m[key], key
+  _check(ref, hub.Imported(m, num_classes, params, out, 'vit_jax'), _images(n=2, size=m['image_size']))
+  np.testing.assert_array_equal(imported.params['pos_embedding'], params['pos_embedding'])
+
+
+def test_export_refusals(tmp_path):
+  m = dict(image_size=32, patch_size=8, width=48, depth=2, num_heads=4, mlp_ratio=2.0,
+           layerscale_init=1e-6, pos_embed='patches')
+  params = _random_params(vit.ViT(num_classes=3, **m), seed=11)
+  for field, match in ((dict(gate='g2'), r"model.gate='g2' cannot be exported to timm; it "
+                                         r"accepts 'none' \(G2 gates the values"),
+                       (dict(gate='g1'), r"model.gate='g1' cannot be exported.*attn_layer"),
+                       (dict(head='mlp'), r"model.head='mlp' cannot be exported"),
+                       (dict(svd_tap_layers=(1,)), r'model.svd_tap_layers=\(1,\) cannot')):
+    with pytest.raises(ValueError, match=match) as e:
+      hub.export_timm(params, {**m, **field}, 3, str(tmp_path / 'x'))
+    _one_line(e)
+  with pytest.raises(ValueError, match=r'params do not fit model_config: blocks.0.mlp.fc1.bias '
+                                       r'is \(96,\), the model has \(192,\)'):
+    hub.export_timm(params, {**m, 'mlp_ratio': 4.0}, 3, str(tmp_path / 'x'))
+  (tmp_path / 'full').mkdir()
+  (tmp_path / 'full' / 'keep.txt').write_text('mine')
+  with pytest.raises(FileExistsError, match=r'full exists and is not empty'):
+    hub.export_timm(params, m, 3, str(tmp_path / 'full'))
+  assert (tmp_path / 'full' / 'keep.txt').read_text() == 'mine'
+  assert sorted(os.listdir(tmp_path)) == ['full']
+
+
+def test_export_cli_from_a_workdir(tmp_path, capsys):
+  """python -m vit_jax.export on a workdir laid out as training leaves it (config.json, an
+  orbax checkpoints/<epoch>/state): timm's local-dir loader gives our logits; a variant
+  timm cannot express is one error line, exit 2, and nothing is written."""
+  import orbax.checkpoint as ocp
+  from vit_jax import config_lib
+  from vit_jax import export
+  config = config_lib.load('register', 'quick')       # LayerScale, 4 registers, patches
+  config.model.update(depth=2, width=48)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  model = vit.ViT(num_classes=config.dataset.num_classes, **config.model)
+  params = _random_params(model, seed=12)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(str(workdir / 'checkpoints' / '3' / 'state'), {'params': params})
+    ckptr.wait_until_finished()
+  export.main(['--workdir', str(workdir), '--out', str(tmp_path / 'out'), '--checkpoint', '3'])
+  ref = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True).eval()
+  size = config.model.image_size
+  _check(ref, hub.Imported(dict(config.model), config.dataset.num_classes, params, '', ''),
+         _images(n=2, size=size))
+  cfg = json.loads((tmp_path / 'out' / 'config.json').read_text())
+  assert cfg['pretrained_cfg']['mean'] == list(config.dataset.mean)
+  config.model.gate = 'g2'
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as e:
+    export.main(['--workdir', str(workdir), '--out', str(tmp_path / 'out2')])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: model.gate='g2' cannot be exported to timm") and err.count('\n') == 1
+  assert not (tmp_path / 'out2').exists()

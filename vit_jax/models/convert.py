@@ -118,3 +118,18 @@ def from_torch(state_dict: Mapping[str, object], model, layout: str = 'timm',
       raise ValueError(f'the {layout} state dict tensor {key!r} {tuple(value.shape)} has no '
                        f'place in the model')
   return jax.tree.map(np.asarray, flax.traverse_util.unflatten_dict(out, sep='/'))
+
+
+_INVERSE = {id(_linear): _linear, id(_conv): lambda w: w.transpose(3, 2, 0, 1),
+            id(_same): _same}
+
+
+def to_torch(params, layout: str = 'timm') -> dict[str, np.ndarray]:
+  """The inverse of from_torch: params -> the layout's state dict, as numpy (float32)."""
+  if layout not in LAYOUTS:
+    raise ValueError(f'layout={layout!r} is not one of {tuple(LAYOUTS)}')
+  out = {}
+  for path, value in flax.traverse_util.flatten_dict(params, sep='/').items():
+    key, fn = _torch_key(layout, path)
+    out[key] = np.ascontiguousarray(_INVERSE[id(fn)](np.asarray(value, np.float32)))
+  return out

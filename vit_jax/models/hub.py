@@ -358,3 +358,111 @@ def load(source: str, image_size: int | None = None) -> Imported:
                                                  size // model['patch_size'], prefix)
   return Imported(model=model, num_classes=num_classes, params=params, source=weights,
                   family=family)
+
+
+# --- export ---------------------------------------------------------------------------------
+
+# timm's architecture names by width; model_args set every field, the name only picks the
+# model function (VisionTransformer, or VisionTransformerDistilled for the dist token).
+_SIZES = {192: 'tiny', 384: 'small', 768: 'base', 1024: 'large'}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _exportable(m: Mapping[str, Any], num_classes: int) -> None:
+  """One line for the first field timm's VisionTransformer (through config.json) cannot express."""
+  refusals = (
+      (m.get('arch', 'vit') != 'vit', 'arch', 'a ViT'),
+      (m.get('gate', 'none') == 'g2', 'gate', "'none' (G2 gates the values; timm's Attention has "
+                                             "no such gate)"),
+      (m.get('gate', 'none') == 'g1', 'gate', "'none' (timm's Attention has the G1 gate, "
+                                             "gated=True, but VisionTransformer takes it only "
+                                             "as an attn_layer class, which config.json cannot "
+                                             "name)"),
+      (m.get('head', 'linear') != 'linear', 'head', "'linear' (timm's head is one Linear)"),
+      (bool(m.get('svd_tap_layers')), 'svd_tap_layers', '() (timm has no SVD taps)'),
+      (m.get('layer_norm_eps', 1e-6) != 1e-6, 'layer_norm_eps',
+       "1e-6 (timm's ViT LayerNorm; config.json cannot set norm_layer)"),
+      (m.get('pos_embed') == 'all' and m.get('num_registers', 0) > 0, 'pos_embed',
+       "'patches' with registers (timm's embed-class layout gives registers a position too)"),
+      (m.get('distillation', False) and m.get('num_registers', 0) > 0, 'num_registers',
+       "0 with distillation (timm's VisionTransformerDistilled has no registers)"),
+      (num_classes < 0, 'num_classes', '>= 0'),
+  )
+  for bad, name, accepted in refusals:
+    if bad:
+      raise ValueError(f'model.{name}={m.get(name, num_classes)!r} cannot be exported to timm; '
+                       f'it accepts {accepted}')
+
+
+def timm_config(m: Mapping[str, Any], num_classes: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                crop_pct: float = 0.875) -> dict:
+  """config.json as timm's save_config_for_hf writes it for this model."""
+  size = _SIZES.get(m['width'], 'base')
+  arch = (f'deit_{"base" if size == "large" else size}_distilled_patch16_224'
+          if m.get('distillation') else f'vit_{size}_patch16_224')
+  s = int(m['image_size'])
+  layerscale = m.get('layerscale_init', 0.0)
+  args = dict(img_size=[s, s], patch_size=int(m['patch_size']), in_chans=3,
+              num_classes=num_classes, global_pool='token', embed_dim=int(m['width']),
+              depth=int(m['depth']), num_heads=int(m['num_heads']),
+              mlp_ratio=float(m.get('mlp_ratio', 4.0)), qkv_bias=bool(m.get('qkv_bias', True)),
+              init_values=float(layerscale) if layerscale else None, class_token=True,
+              no_embed_class=m.get('pos_embed', 'patches') == 'patches',
+              reg_tokens=int(m.get('num_registers', 0)))
+  classifier = ['head', 'head_dist'] if m.get('distillation') else 'head'
+  pretrained_cfg = dict(tag='vit_jax', custom_load=False, input_size=[3, s, s],
+                        fixed_input_size=True, interpolation='bicubic', crop_pct=crop_pct,
+                        crop_mode='center', mean=list(mean), std=list(std),
+                        num_classes=num_classes, pool_size=None, first_conv='patch_embed.proj',
+                        classifier=classifier)
+  return dict(architecture=arch, num_classes=num_classes, num_features=int(m['width']),
+              global_pool='token', model_args=args, pretrained_cfg=pretrained_cfg)
+
+
+def export_timm(params, model_config, num_classes: int, out_dir: str, **data) -> str:
+  """Writes `out_dir` in the hub layout timm reads (model.safetensors + config.json;
+  timm.create_model('local-dir:' + out_dir, pretrained=True) builds it), atomically: a
+  temporary folder beside it, renamed into place. `data`: mean, std, crop_pct for
+  pretrained_cfg (default ImageNet's). Returns out_dir."""
+  from safetensors.numpy import save_file
+  m = dict(model_config)
+  _exportable(m, num_classes)
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+    raise FileExistsError(f'export folder {out_dir} exists and is not empty; choose a new one')
+  state = convert.to_torch(params, 'timm')
+  expected = convert.to_torch(jax_abstract(m, num_classes), 'timm')
+  extra = sorted(set(state) - set(expected))
+  if extra:
+    raise ValueError(f'params do not fit model_config: {extra[0]} is not in the model')
+  for key, value in expected.items():
+    if key not in state or state[key].shape != value.shape:
+      got = tuple(state[key].shape) if key in state else 'missing'
+      raise ValueError(f'params do not fit model_config: {key} is {got}, the model has '
+                       f'{tuple(value.shape)}')
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.', dir=parent)
+  try:
+    save_file(state, os.path.join(tmp, 'model.safetensors'))
+    with open(os.path.join(tmp, 'config.json'), 'w') as f:
+      json.dump(timm_config(m, num_classes, **data), f, indent=2)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out_dir
+
+
+def jax_abstract(m: Mapping[str, Any], num_classes: int):
+  """Parameter shapes of the ViT that model fields `m` describe."""
+  import jax
+  from vit_jax import models
+  fields = {k: v for k, v in m.items() if k in {f.name for f in dataclasses.fields(vit.ViT)}}
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+  model = vit.ViT(num_classes=num_classes, **{k: v for k, v in fields.items()
+                                              if k not in ('num_classes', 'dtype', 'parent',
+                                                           'name')})
+  model._check()
+  return jax.tree.map(lambda a: np.zeros(a.shape, np.float32), models.abstract_params(model))
