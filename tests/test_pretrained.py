@@ -15,7 +15,6 @@ from vit_jax import models
 from vit_jax.data import imagefolder
 from vit_jax.models import hub
 from vit_jax.models import pretrained
-from vit_jax.train import steps
 
 ARCH = dict(patch_size=4, width=32, depth=2, num_heads=2, mlp_ratio=4.0, qkv_bias=True,
             layerscale_init=1e-5, num_registers=0, pos_embed='patches', distillation=False,
@@ -98,24 +97,6 @@ def test_a_tensor_that_does_not_fit_or_has_no_place_is_named():
     pretrained.check_fits(c, imported, _abstract(c))
 
 
-def test_trainer_starts_from_the_given_parameters_and_inits_the_rest():
-  c = _config(**ARCH)
-  c.batch_size = c.eval_batch_size = 8
-  imported = _imported(num_classes=5)   # head re-initialised
-  start = pretrained.start_params(c, imported)
-  trainer = steps.Trainer(c, mesh=steps.make_mesh(jax.devices()[:1]))
-  state = trainer.setup(10, start)
-  got = flax.traverse_util.flatten_dict(jax.device_get(state.params), sep='/')
-  own = flax.traverse_util.flatten_dict(
-      jax.device_get(models.init_params(trainer.model, trainer.init_rng)), sep='/')
-  assert set(got) == set(own)
-  for k, v in got.items():
-    want = start[k] if k in start else own[k]
-    np.testing.assert_array_equal(v, want, err_msg=k)
-  assert not np.array_equal(got['norm/scale'], own['norm/scale'])  # the import, not the init
-  assert not any(k.startswith('head/') for k in start)
-
-
 def _png(path, shape, mode=None, seed=0):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   array = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
@@ -143,11 +124,10 @@ def test_a_folder_without_images_is_refused_in_one_line(tmp_path):
     imagefolder.ImageListSource(str(tmp_path / 'nope'))
 
 
-@pytest.mark.parametrize('trainer', ['train', 'analyze'])
-def test_a_missing_source_is_one_line_before_any_work(tmp_path, trainer):
+def test_a_missing_source_is_one_line_before_any_work(tmp_path):
   workdir = tmp_path / 'run'
   proc = run_main(['--config', 'configs/vanilla.py:quick', '--workdir', str(workdir),
-                   f'--config.trainer={trainer}', '--config.init.source=/nonexistent/ckpt'])
+                   '--config.init.source=/nonexistent/ckpt'])
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert proc.returncode == 2 and len(lines) == 1, proc.stderr
   assert lines[0].startswith("error: checkpoint '/nonexistent/ckpt' does not exist"), lines[0]

@@ -65,6 +65,12 @@ def check(config, workdir: str) -> int | None:
   if imported is not None:   # the workdir is only where the output goes
     if os.path.exists(workdir) and not os.path.isdir(workdir):
       raise ValueError(f'workdir {workdir!r} exists and is not a directory')
+    folder = os.path.abspath(workdir)
+    while not os.path.isdir(folder):
+      folder = os.path.dirname(folder)
+    if not os.access(folder, os.W_OK):
+      raise ValueError(f'workdir {workdir!r}: {folder!r} is not writable; choose another '
+                       '--workdir for the output')
     model = models.build_model(config.model, config.dataset.num_classes, 'float32')
     pretrained.check_fits(config, imported, models.abstract_params(model))
     return None
