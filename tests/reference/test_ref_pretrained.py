@@ -22,6 +22,7 @@ from vit_jax import config_lib
 from vit_jax import models
 from vit_jax import preflight
 from vit_jax.analysis import run as analysis
+from vit_jax.data import pipeline
 from vit_jax.models import hub
 from vit_jax.train import loop
 from vit_jax.train import preemption
@@ -43,10 +44,16 @@ def _timm(num_classes, img_size=32, seed=0):
 
 @pytest.fixture(scope='module')
 def checkpoints(tmp_path_factory):
-  """{name: (folder, timm model)}: 10 and 5 classes at 32 px, 10 classes at 16 px."""
+  """{name: (folder, timm model)}: DeiT-III with 10 and 5 classes at 32 px, 10 classes at
+  16 px; a headless DINOv2 with 4 registers (patch 14) at 56 px."""
+  models_ = {name: _timm(classes, size, seed=classes + size)
+             for name, classes, size in (('c10', 10, 32), ('c5', 5, 32), ('c10_16', 10, 16))}
+  models_['dinov2_reg'] = timm.create_model('vit_small_patch14_reg4_dinov2', pretrained=False,
+                                            img_size=56, embed_dim=32, depth=2,
+                                            num_heads=2).eval()
+  randomize_(models_['dinov2_reg'], seed=3)
   out = {}
-  for name, classes, size in (('c10', 10, 32), ('c5', 5, 32), ('c10_16', 10, 16)):
-    model = _timm(classes, size, seed=classes + size)
+  for name, model in models_.items():
     folder = str(tmp_path_factory.mktemp(name))
     save_for_hf(model, folder, safe_serialization=True)
     out[name] = folder, model
@@ -139,28 +146,31 @@ def _images(folder):
   return sorted(os.path.join(folder, n) for n, _, _ in specs)
 
 
-def test_analyze_a_folder_of_images_gives_timms_norms(tmp_path, checkpoints):
-  folder, model = checkpoints['c10']
+@pytest.mark.parametrize('name,family,size,ratio', [('c10', 'deit3', 32, 0.8),
+                                                     ('dinov2_reg', 'dinov2_reg', 56, 1.0)])
+def test_analyze_a_folder_of_images_gives_timms_norms(tmp_path, checkpoints, name, family, size,
+                                                      ratio):
+  folder, model = checkpoints[name]
   paths = _images(str(tmp_path / 'images'))
-  out = tmp_path / 'out' / 'deit3'   # made by the run
+  out = tmp_path / 'out' / name   # made by the run
   proc = run_main(['--config', 'configs/vanilla.py:quick', '--workdir', str(out),
                    '--config.trainer=analyze', f'--config.init.source={folder}',
                    f'--config.analysis.images={tmp_path / "images"}',
-                   '--config.model.image_size=32', '--config.dataset.image_size=32',
+                   f'--config.model.image_size={size}', f'--config.dataset.image_size={size}',
                    f'--config.dataset.mean={MEAN}', f'--config.dataset.std={STD}',
-                   '--config.dataset.eval_crop_ratio=0.8'])
+                   f'--config.dataset.eval_crop_ratio={ratio}'])
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((out / 'analysis.json').read_text())
-  assert summary['imported']['family'] == 'deit3' and summary['probe_images'] == len(paths)
+  assert summary['imported']['family'] == family and summary['probe_images'] == len(paths)
   assert summary['checkpoint_epoch'] is None and summary['epochs'] == []
   assert summary['probe_top1'] is None                       # the user's images have no labels
   assert {'layers', 'output_norms', 'output_outlier_tokens', 'plots'} <= set(summary)
   assert all((out / p).is_file() for p in summary['plots'])
-  assert f"imported: {folder}/model.safetensors (deit3)" in (out / 'analysis.md').read_text()
-  # timm's evaluation transform (crop_pct 0.8: resize the short side to 40, centre 32)
-  tf = transforms.Compose([transforms.Resize(math.floor(32 / 0.8), transforms.InterpolationMode.BICUBIC),
-                           transforms.CenterCrop(32), transforms.ToTensor(),
-                           transforms.Normalize(MEAN, STD)])
+  assert f"imported: {folder}/model.safetensors ({family})" in (out / 'analysis.md').read_text()
+  # timm's evaluation transform (e.g. crop_pct 0.8: the short side to 40, the centre 32)
+  tf = transforms.Compose([
+      transforms.Resize(math.floor(size / ratio), transforms.InterpolationMode.BICUBIC),
+      transforms.CenterCrop(size), transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
   x = torch.stack([tf(Image.open(p).convert('RGB')) for p in paths])
   norms, layers, _ = _timm_norms(model, x)
   o = summary['output_norms']
@@ -169,6 +179,19 @@ def test_analyze_a_folder_of_images_gives_timms_norms(tmp_path, checkpoints):
   for row, want in zip(summary['layers'], layers, strict=True):
     np.testing.assert_allclose([row['l2_norm_mean'], row['l2_norm_max']],
                                [want.mean(), want.max()], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize('shape', [(48, 36), (40, 50), (37, 91), (91, 37), (300, 199), (17, 23)])
+@pytest.mark.parametrize('size,ratio', [(56, 1.0), (32, 0.875), (16, 0.9)])
+def test_the_evaluation_crop_is_torchvisions(shape, size, ratio):
+  """pipeline.center_crop (ImageFolder evaluation, the analysed images) against DeiT's and
+  timm's Resize(int(size / ratio), bicubic) + CenterCrop(size), pixel for pixel."""
+  image = np.random.default_rng(sum(shape)).integers(0, 256, shape + (3,), dtype=np.uint8)
+  tf = transforms.Compose([
+      transforms.Resize(int(size / ratio), transforms.InterpolationMode.BICUBIC),
+      transforms.CenterCrop(size)])
+  want = np.asarray(tf(Image.fromarray(image)))
+  np.testing.assert_array_equal(pipeline.center_crop(image, size, ratio), want)
 
 
 def test_analyze_on_the_split_reports_timms_top1(tmp_path, checkpoints):
