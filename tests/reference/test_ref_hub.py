@@ -68,21 +68,16 @@ def _check(ref, imported, images):
     ('deit3_small_patch16_224', 'deit3', dict(pos_embed='patches', layerscale_init=1e-6)),
 ])
 def test_deit_families_from_the_hub_layout(tmp_path, arch, family, layout):
-  ref = _timm(arch, seed=1, img_size=32, patch_size=8, num_classes=7)
-  imported = hub.load(_save(ref, tmp_path))
+  """DeiT-III's config.json is the hub's older kind, without model_args: its heads come
+  from the architecture name ('small' => 6)."""
+  old_config = family == 'deit3'
+  heads = 6 if old_config else 4
+  ref = _timm(arch, seed=1, img_size=32, patch_size=8, num_classes=7, num_heads=heads)
+  imported = hub.load(_save(ref, tmp_path, drop_model_args=old_config))
   assert imported.family == family and imported.num_classes == 7
   assert imported.source == str(tmp_path / 'model.safetensors')
   assert {k: imported.model[k] for k in layout} == layout
-  assert imported.model['image_size'] == 32 and imported.model['num_heads'] == 4
-  _check(ref, imported, _images(size=32))
-
-
-def test_heads_from_the_architecture_name(tmp_path):
-  """The hub's older config.json has no model_args: 'small' => 6 heads."""
-  ref = _timm('deit3_small_patch16_224', seed=2, img_size=32, patch_size=8, num_classes=5,
-              num_heads=6)
-  imported = hub.load(_save(ref, tmp_path, drop_model_args=True))
-  assert imported.model['num_heads'] == 6
+  assert imported.model['image_size'] == 32 and imported.model['num_heads'] == heads
   _check(ref, imported, _images(size=32))
 
 
@@ -126,7 +121,6 @@ def test_resample_matches_timm(old, new, prefix):
     ('vit_small_patch14_dinov2', 518, 224, {}),                     # DINOv2's native 518
     ('deit3_small_patch16_224', 64, 40, dict(patch_size=8, num_classes=7)),   # shrink
     ('deit3_small_patch16_224', 32, 48, dict(patch_size=8, num_classes=7)),   # grow
-    ('deit_small_distilled_patch16_224', 48, 32, dict(patch_size=8, num_classes=7)),
 ])
 def test_another_image_size_matches_timm_checkpoint_filter(tmp_path, arch, native, size,
                                                            kwargs):
@@ -269,7 +263,7 @@ def test_refusals_name_the_first_misfit(tmp_path):
     hub.load(folder)
   _one_line(e)
   os.remove(os.path.join(folder, 'config.json'))
-  with pytest.raises(ValueError, match=r'no config.json with the architecture') as e:
+  with pytest.raises(ValueError, match=r'no config.json naming the architecture beside it') as e:
     hub.load(os.path.join(folder, 'model.safetensors'))
   _one_line(e)
   with pytest.raises(FileNotFoundError, match=r"checkpoint '/nowhere/model.safetensors' does "
@@ -278,6 +272,16 @@ def test_refusals_name_the_first_misfit(tmp_path):
   _one_line(e)
   with pytest.raises(FileNotFoundError, match=r'holds none of') as e:
     hub.load(str(tmp_path))
+  _one_line(e)
+  # The .npz names its first array without a place (here the old ViT's pre-logits layer).
+  vit_ref = _timm('vit_small_patch16_224', seed=13, img_size=32, patch_size=8, num_classes=7)
+  path = _write_npz(tmp_path / 'augreg.npz', vit_ref, 'augreg')
+  with np.load(path) as f:
+    arrays = dict(f)
+  np.savez(path, **arrays, **{'pre_logits/kernel': np.zeros((48, 48), np.float32)})
+  with pytest.raises(ValueError, match=r"the .npz array 'pre_logits/kernel' \(48, 48\) has no "
+                                       r"place") as e:
+    hub.load(path)
   _one_line(e)
 
 

@@ -39,7 +39,8 @@ _TIMM_KEYS = (
     r'norm\.(weight|bias)', r'head(_dist)?\.(weight|bias)')
 
 # Heads by the size word of timm's architecture names (timm's model functions).
-_HEADS = {'tiny': 3, 'small': 6, 'base': 12, 'large': 16, 'huge': 16, 'giant': 24}
+_HEADS = {'tiny': 3, 'small': 6, 'medium': 8, 'base': 12, 'large': 16, 'huge': 16,
+          'giant': 24}
 # DeiT, DeiT-III, AugReg ViT and DINOv2 names, e.g. deit_small_distilled_patch16_224,
 # deit3_small_patch16_384, vit_small_patch16_224, vit_small_patch14_reg4_dinov2.
 _ARCH = re.compile(r'(?P<kind>deit3|deit|vit)_(?P<size>[a-z]+)_(?P<distilled>distilled_)?'
@@ -252,7 +253,7 @@ def _first_foreign(state: Mapping[str, np.ndarray], where: str) -> None:
                        f'tokens, pos_embed, blocks.N.{{norm,attn,ls,mlp}}, norm, head)')
 
 
-def _family(arch: str, state, where: str) -> tuple[str, int | None]:
+def _family(arch: str, where: str) -> tuple[str, int | None]:
   """(family, heads from the name) of a timm architecture name."""
   m = _ARCH.fullmatch(arch)
   if not m or m['size'] not in _HEADS:
@@ -289,11 +290,11 @@ def architecture(state: Mapping[str, np.ndarray], config: dict | None, where: st
     raise ValueError(f'{where}: global_pool={pool!r}; the project\'s ViT reads the cls token '
                      f'(global_pool=\'token\')')
   if config.get('architecture'):
-    family, named_heads = _family(config['architecture'], state, where)
+    family, named_heads = _family(config['architecture'], where)
     heads = args.get('num_heads', heads or named_heads)
   if family is None:
-    raise ValueError(f'{where}: no config.json with the architecture next to it; the hub layout '
-                     f'has one (timm.models._hub.save_for_hf writes it)')
+    raise ValueError(f'{where}: no config.json naming the architecture beside it; the hub '
+                     f'layout has one (timm.models._hub.save_for_hf writes it)')
   if heads is None:
     raise ValueError(f'{where}: the number of heads is not in the tensors and no config.json '
                      f'(architecture or model_args.num_heads) gives it')
