@@ -150,6 +150,28 @@ def base() -> ml_collections.ConfigDict:
   # accuracy of one checkpoint ('latest', 'best' or an epoch number) with its 'raw' or
   # 'ema' weights on the 'val' or 'train' split (the evaluation crop, no augmentation).
   c.evaluate = ml_collections.ConfigDict(dict(checkpoint='latest', weights='raw', split='val'))
+  # With init.source set, analyze studies the imported model and the workdir is only
+  # where its output goes. Its images: this folder of any images PIL opens (searched
+  # recursively; the first probe.num_images in path order, centre-cropped to
+  # model.image_size at dataset.eval_crop_ratio and normalised with dataset.mean / std),
+  # or, when '', the data set's validation split as for a trained workdir.
+  c.analysis.images = ''
+
+  # A pretrained checkpoint to start from (vit_jax/models/pretrained.py): a timm / Hugging
+  # Face checkpoint file, a folder in the hub's layout (config.json + model.safetensors),
+  # or hf-hub:ORG/NAME from the local Hugging Face cache; '' = train from scratch. When
+  # set, config.model's architecture fields (patch size, width, depth, heads, LayerScale,
+  # registers, ...) are the checkpoint's; model.image_size (position embeddings are
+  # interpolated to it, as timm does), dataset.num_classes and the regularisation fields
+  # (drop_path_rate, dropouts) stay this config's. A resume restores the workdir's
+  # checkpoint instead. Named `source`, not the issue's `init.from`: ml_collections parses
+  # an override's path as Python, and `--config.init.from=...` is a syntax error there.
+  c.init = ml_collections.ConfigDict(dict(
+      source='',
+      # timm's fine-tuning: a head whose class count is the data set's is kept, any other
+      # is re-initialised (here with the model's own init); False re-initialises it always
+      # (the same number of different classes).
+      keep_head=True))
   return c
 
 

@@ -12,6 +12,7 @@ from vit_jax.data import pil_ops
 from vit_jax.data import pipeline
 from vit_jax.data import randaugment
 from vit_jax.data import sources
+from vit_jax.models import pretrained
 from vit_jax.models import token_norms
 from vit_jax.train import checkpoint
 from vit_jax.train import losses
@@ -52,7 +53,12 @@ def check_vit(config, workdir: str, spec) -> None:
   if config.model.image_size != config.dataset.image_size:
     raise ValueError(f'model.image_size={config.model.image_size} differs from '
                      f'dataset.image_size={config.dataset.image_size}')
+  # A pretrained checkpoint: found, readable, its architecture written into config.model
+  # (hub's one-line errors), then filling every parameter of the model built from it.
+  imported = pretrained.load(config)
   model = models.build_model(config.model, config.dataset.num_classes, config.dtype)
+  if imported is not None:
+    pretrained.check_fits(config, imported, models.abstract_params(model))
   if config.teacher.kind not in losses.DISTILLATION_KINDS:
     raise ValueError(f'teacher.kind={config.teacher.kind!r} is not one of '
                      f'{losses.DISTILLATION_KINDS}')
@@ -64,7 +70,8 @@ def check_vit(config, workdir: str, spec) -> None:
   check_ranges(config)
   check_choices(config)
   check_randaugment(config.augment)
-  sources.check_available(config.dataset)
+  if not (config.trainer == 'analyze' and config.analysis.get('images')):
+    sources.check_available(config.dataset)   # not read when analyze reads a folder of images
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f'workdir={workdir!r} exists and is not a directory')
   if spec.writes_workdir:

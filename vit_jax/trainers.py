@@ -23,7 +23,8 @@ class Trainer:
 TRAINERS = {
     'train': Trainer('vit_jax.train.loop:train_and_evaluate',
                      errors=(FloatingPointError, OSError, ValueError)),
-    # Only reads a workdir, so it may run beside the training that writes it.
+    # Only reads a workdir, so it may run beside the training that writes it (with
+    # init.source it analyses an imported model and the workdir is only its output).
     'analyze': Trainer('vit_jax.analysis.run:analyze', check='vit_jax.analysis.run:check',
                        writes_workdir=False, errors=()),
     # Writes only its own result files (evaluate_<split>_<epoch>_<weights>.json / .npz,

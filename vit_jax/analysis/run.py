@@ -2,11 +2,17 @@
 
   python -m vit_jax.main --config configs/register.py:quick --workdir runs/q \
       --config.trainer=analyze [--config.analysis.checkpoint=best|latest|EPOCH]
+  python -m vit_jax.main --config configs/vanilla.py --workdir runs/deit3_s \
+      --config.trainer=analyze --config.init.source=hf-hub:timm/deit3_small_patch16_224.fb_in1k \
+      --config.analysis.images=~/pictures
 
 Reads the workdir's metrics.csv, l2_norms/ and one checkpoint; runs the probe
 images (the first probe.num_images validation images, the same ones training
-measured every epoch) through the model once with capture=True.
+measured every epoch, or those of analysis.images) through the model once with
+capture=True. With init.source, the model is the imported checkpoint and the
+workdir only receives the output (no training history: those fields are null).
 """
+import copy
 import glob
 import json
 import os
@@ -19,8 +25,10 @@ from vit_jax import models
 from vit_jax.analysis import analyses
 from vit_jax.analysis import plots
 from vit_jax.data import augment
+from vit_jax.data import imagefolder
 from vit_jax.data import pipeline
 from vit_jax.data import sources
+from vit_jax.models import pretrained
 from vit_jax.models import token_norms
 from vit_jax.models import vit
 from vit_jax.train import checkpoint
@@ -45,11 +53,27 @@ def select_epoch(workdir: str, spec: str) -> int:
   return int(spec)
 
 
-def check(config, workdir: str) -> int:
-  """Every bad input in one line before any model runs; returns the epoch to analyse."""
+def check(config, workdir: str) -> int | None:
+  """Every bad input in one line before any model runs; returns the epoch to analyse
+  (None for an imported model)."""
   if config.model.get('arch', 'vit') != 'vit':
     raise ValueError(f"config.trainer='analyze' studies ViT attention; model.arch="
                      f"{config.model.arch!r} has none (use a ViT config)")
+  if config.analysis.get('images'):
+    imagefolder.ImageListSource(os.path.expanduser(config.analysis.images))
+  imported = pretrained.load(config)
+  if imported is not None:   # the workdir is only where the output goes
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise ValueError(f'workdir {workdir!r} exists and is not a directory')
+    folder = os.path.abspath(workdir)
+    while not os.path.isdir(folder):
+      folder = os.path.dirname(folder)
+    if not os.access(folder, os.W_OK):
+      raise ValueError(f'workdir {workdir!r}: {folder!r} is not writable; choose another '
+                       '--workdir for the output')
+    model = models.build_model(config.model, config.dataset.num_classes, 'float32')
+    pretrained.check_fits(config, imported, models.abstract_params(model))
+    return None
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'workdir {workdir!r} does not exist; analyze needs a training workdir')
   if not metrics_io.read(os.path.join(workdir, 'metrics.csv')):
@@ -94,16 +118,40 @@ def load_params(config, step_dir: str):
                                                 config.analysis.get('weights', 'raw')))
 
 
-def probe_images(config) -> np.ndarray:
+def probe_batch(config) -> tuple[np.ndarray, np.ndarray | None]:
+  """(images, labels) of the first probe.num_images validation images, or (images, None)
+  of analysis.images' first ones, centre-cropped to model.image_size as ImageFolder data."""
   n = config.probe.num_images
-  batch = next(pipeline.eval_batches(sources.get(config.dataset, 'val'), n, limit=n,
-                                     image_size=sources.eval_crop(config.dataset),
+  if config.analysis.get('images'):
+    source = imagefolder.ImageListSource(os.path.expanduser(config.analysis.images))
+    size = config.model.image_size
+  else:
+    source, size = sources.get(config.dataset, 'val'), sources.eval_crop(config.dataset)
+  batch = next(pipeline.eval_batches(source, n, limit=n, image_size=size,
                                      crop_ratio=config.dataset.eval_crop_ratio))
-  return batch['image'][batch['mask']]
+  pipeline.report_unreadable('analysis', 'left out', batch['unreadable'])
+  labels = None if config.analysis.get('images') else batch['label'][batch['mask']]
+  return batch['image'][batch['mask']], labels
 
 
-def summarize(config, workdir: str, epoch: int) -> tuple[dict, list]:
-  """(the JSON summary, [(plot file, figure)]) of every analysis in analyses.ANALYSES."""
+def probe_images(config) -> np.ndarray:
+  return probe_batch(config)[0]
+
+
+def top1(config, params, images: np.ndarray, labels: np.ndarray) -> float:
+  """Top-1 (%) of the model on the probe images."""
+  model = models.build_model(config.model, config.dataset.num_classes, 'float32')
+  logits = jax.jit(lambda p, x: model.apply({'params': p}, augment.normalize(
+      x, config.dataset))[0])(params, images)
+  return float(100.0 * np.mean(np.argmax(np.asarray(logits), -1) == labels))
+
+
+def summarize(config, workdir: str, epoch: int | None) -> tuple[dict, list]:
+  """(the JSON summary, [(plot file, figure)]) of every analysis in analyses.ANALYSES;
+  epoch None: the imported model of init.source."""
+  imported = pretrained.load(config)
+  if imported is not None:
+    return summarize_imported(config, workdir, imported)
   step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
   params = load_params(config, step_dir)
   images = probe_images(config)
@@ -132,21 +180,64 @@ def summarize(config, workdir: str, epoch: int) -> tuple[dict, list]:
   return summary, figures
 
 
+def summarize_imported(config, workdir: str, imported) -> tuple[dict, list]:
+  """summarize() of an imported model: its own head (its class count), no training history
+  (those fields null), top-1 on the probe images where they have labels of its classes."""
+  classes_match = imported.num_classes == config.dataset.num_classes
+  config = copy.deepcopy(config)
+  config.dataset.num_classes = imported.num_classes   # the model as it was saved
+  images, labels = probe_batch(config)
+  out = capture(config, imported.params, images)
+  cap = analyses.Capture(
+      config=config, images=images, layout=vit.token_layout(config.model),
+      attn=[np.asarray(a) for a in out['attn']], blocks=out['blocks'], gates=out['gates'],
+      layer_norms=out['norms']['layers'], output_norms=out['norms']['output'],
+      per_epoch={}, per_epoch_layers={})
+  results, figures = analyses.run_all(cap)
+  classes_match = classes_match and labels is not None
+  summary = {
+      'workdir': os.path.abspath(workdir),
+      'imported': {'source': imported.source, 'family': imported.family,
+                   'num_classes': imported.num_classes, 'model': dict(imported.model)},
+      'images': (os.path.abspath(os.path.expanduser(config.analysis.images))
+                 if config.analysis.get('images') else f'{config.dataset.name} validation split'),
+      'checkpoint_epoch': None,
+      'num_params': models.count_params(imported.params),
+      'val_acc1_at_checkpoint': None, 'best_val_acc1': None, 'best_epoch': None,
+      'epochs_trained': None,
+      'probe_top1': top1(config, imported.params, images, labels) if classes_match else None,
+      'probe_images': int(images.shape[0]),
+      'outlier_rule': {k: config.probe[k] for k in ('outlier_rule', 'outlier_factor',
+                                                    'outlier_threshold')},
+      **results,
+  }
+  return summary, figures
+
+
 def save_plots(workdir: str, figures: list) -> list[str]:
   return [os.path.relpath(plots.save(fig, os.path.join(workdir, 'plots', name)), workdir)
           for name, fig in figures]
 
 
+def provenance(summary: dict) -> str:
+  """Where the analysed parameters come from: a workdir's epoch, or an imported checkpoint."""
+  if summary.get('imported'):
+    i, acc = summary['imported'], summary['probe_top1']
+    top1 = f"; top-1 {acc:.2f}% on them" if acc is not None else ''
+    return (f"imported: {i['source']} ({i['family']}); {summary['num_params']:,} parameters; "
+            f"{summary['probe_images']} probe images from {summary['images']}{top1}.")
+  acc = summary['val_acc1_at_checkpoint']
+  return (f"Checkpoint: epoch {summary['checkpoint_epoch']} of {summary['epochs_trained']} "
+          f"(val top-1 {'%.2f%%' % acc if acc is not None else 'not in metrics.csv'}; best "
+          f"{summary['best_val_acc1']:.2f}% at epoch {summary['best_epoch']}); "
+          f"{summary['num_params']:,} parameters; {summary['probe_images']} probe images.")
+
+
 def report(summary: dict) -> str:
   """The short markdown report."""
   o = summary['output_norms']
-  acc = summary['val_acc1_at_checkpoint']
   lines = [
-      f"# Analysis of {summary['workdir']}", '',
-      f"Checkpoint: epoch {summary['checkpoint_epoch']} of {summary['epochs_trained']} "
-      f"(val top-1 {'%.2f%%' % acc if acc is not None else 'not in metrics.csv'}; best {summary['best_val_acc1']:.2f}% at "
-      f"epoch {summary['best_epoch']}); {summary['num_params']:,} parameters; "
-      f"{summary['probe_images']} probe images.", '',
+      f"# Analysis of {summary['workdir']}", '', provenance(summary), '',
       f"Output patch-token norms: mean {o['l2_norm_mean']:.3f}, std {o['l2_norm_std']:.3f}, "
       f"max {o['l2_norm_max']:.3f} ({o['max_over_median']:.2f}x the median); outlier ratio "
       f"{o['l2_outlier_ratio']:.4f} under {summary['outlier_rule']}.", '']
@@ -175,12 +266,16 @@ def _write_atomic(path: str, text: str) -> None:
 
 def analyze(config, workdir: str) -> dict:
   epoch = check(config, workdir)
+  if epoch is None:   # an imported model: the workdir is the output folder
+    print(pretrained.describe(config, pretrained.load(config)), flush=True)
+    os.makedirs(workdir, exist_ok=True)
   summary, figures = summarize(config, workdir, epoch)
   summary['plots'] = save_plots(workdir, figures)
   _write_atomic(os.path.join(workdir, 'analysis.json'), json.dumps(summary, indent=1))
   _write_atomic(os.path.join(workdir, 'analysis.md'), report(summary))
   o = summary['output_norms']
-  print(f"analysed epoch {epoch}: outlier ratio {o['l2_outlier_ratio']:.4f}, max/median norm "
+  what = f'epoch {epoch}' if epoch is not None else repr(summary['imported']['source'])
+  print(f"analysed {what}: outlier ratio {o['l2_outlier_ratio']:.4f}, max/median norm "
         f"{o['max_over_median']:.2f}; wrote {workdir}/analysis.json, analysis.md and "
         f"{len(summary['plots'])} plots", flush=True)
   return summary

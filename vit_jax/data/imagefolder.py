@@ -76,3 +76,43 @@ class ImageFolderSource:
         return {'image': np.asarray(img.convert('RGB'), np.uint8), 'label': np.int32(label)}
     except (OSError, ValueError, Image.DecompressionBombError) as e:
       return {'image': None, 'label': np.int32(label), 'unreadable': f'{path} ({e})'}
+
+
+def readable_extensions() -> tuple[str, ...]:
+  """The file extensions of every format this PIL can open (Image.registered_extensions)."""
+  Image.init()   # registers every plugin, not only the few preinit loads
+  return tuple(sorted(e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN))
+
+
+class ImageListSource:
+  """Every image under a folder of the user's (any depth, any format PIL opens), in path
+  order, without labels (label -1); for analysing a model on one's own pictures."""
+
+  def __init__(self, root: str, what: str = 'analysis.images'):
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f'{what}={root!r} is not a folder; give a folder of images '
+                              '(searched recursively)')
+    extensions = readable_extensions()
+    paths = []
+    for folder, dirs, files in os.walk(root):
+      dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+      paths += [os.path.join(folder, f) for f in sorted(files)
+                if not f.startswith('.') and f.lower().endswith(extensions)]
+    if not paths:
+      raise FileNotFoundError(f'{what}={root!r} holds no images in any format PIL opens '
+                              f'({", ".join(e for e in EXTENSIONS)}, ...), searched recursively')
+    self.root, self.paths = root, sorted(paths)
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __repr__(self):
+    return f'ImageListSource({self.root!r}, {len(self)} images)'
+
+  def __getitem__(self, i):
+    path = self.paths[i]
+    try:
+      with Image.open(path) as img:
+        return {'image': np.asarray(img.convert('RGB'), np.uint8), 'label': np.int32(-1)}
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+      return {'image': None, 'label': np.int32(-1), 'unreadable': f'{path} ({e})'}

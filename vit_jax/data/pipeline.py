@@ -58,12 +58,14 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
   """DeiT evaluation: shorter side to int(size / crop_fraction) (bicubic), then the central
-  size x size (DeiT: 0.875; DeiT-III: --eval-crop-ratio 1.0)."""
+  size x size (DeiT: 0.875; DeiT-III: --eval-crop-ratio 1.0). As torchvision's Resize(int)
+  and CenterCrop: the longer side is truncated (int(short * long / shorter)), the offset
+  rounded half to even (int(round((side - size) / 2)))."""
   h, w = image.shape[:2]
   short = int(size / crop_fraction)
-  nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+  nh, nw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
   image = _resize(image, nh, nw)
-  top, left = (nh - size) // 2, (nw - size) // 2
+  top, left = int(round((nh - size) / 2)), int(round((nw - size) / 2))
   return image[top:top + size, left:left + size]
 
 

@@ -11,6 +11,7 @@ from vit_jax import models
 from vit_jax.data import pipeline
 from vit_jax.data import sources
 from vit_jax.exits import Preempted
+from vit_jax.models import pretrained
 from vit_jax.models import token_norms
 from vit_jax.train import checkpoint
 from vit_jax.train import evaluation
@@ -28,6 +29,11 @@ class Run:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config, self.workdir = config, workdir
     self.is_main = jax.process_index() == 0
+    # A pretrained checkpoint (config.init.source) gives config.model its architecture
+    # before any model is built, and a fresh start its parameters.
+    self.imported = pretrained.load(config)
+    if self.imported is not None and self.is_main:
+      print(pretrained.describe(config, self.imported), flush=True)
     self.train_src = sources.get(config.dataset, 'train')
     self.val_src = sources.get(config.dataset, 'val')
     teacher_pair = None
@@ -40,7 +46,8 @@ class Run:
     # Train steps (micro-steps) per epoch: grad_accum_steps per optimizer update.
     self.accum = config.get('grad_accum_steps', 1)
     self.micro_per_epoch = self.steps_per_epoch * self.accum
-    self.state = self.trainer.setup(self.steps_per_epoch)
+    self.state = self.trainer.setup(self.steps_per_epoch,
+                                    pretrained.start_params(config, self.imported))
     self.mngr = checkpoint.manager(workdir, config.checkpoint_every_epochs,
                                    config.checkpoint_async)
     self.preempt_mngr = checkpoint.preempt_manager(workdir)
@@ -61,6 +68,9 @@ class Run:
       if restored is not None:
         self.state = restored
         print(f'resumed from {self.workdir}/checkpoints at epoch {epochs}', flush=True)
+      elif self.imported is not None and self.is_main:
+        print(f'starting from the parameters of {self.imported.source!r}; '
+              f'{pretrained.head_note(self.config, self.imported)}', flush=True)
     mismatch = checkpoint.data_mismatch(data_state, self.stream.order.state())
     if mismatch:
       raise ValueError(f'workdir {self.workdir!r} cannot resume exactly: {mismatch}; use the '

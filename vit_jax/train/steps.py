@@ -169,7 +169,9 @@ class Trainer:
     self.teacher_params = (None if teacher_params is None else
                            jax.device_put(teacher_params, self.replicated))
 
-  def setup(self, steps_per_epoch: int) -> TrainState:
+  def setup(self, steps_per_epoch: int, start: dict | None = None) -> TrainState:
+    """The compiled steps and the first state. `start` ({param path: array}, e.g. a
+    pretrained checkpoint's) replaces those parameters of the model's own init."""
     c = self.config
     self.lr_fn = optim.schedule(c.optim, c.batch_size, steps_per_epoch, c.total_epochs)
     self.tx = optim.build(c.optim, self.lr_fn)
@@ -177,14 +179,19 @@ class Trainer:
     if self.accum > 1:   # the schedule counts optimizer updates: MultiSteps' inner state
       self.tx = optax.MultiSteps(self.tx, every_k_schedule=self.accum)
     self.use_ema = ema_enabled(c)
+    start = start or {}
 
-    def init(rng):
+    def init(rng, start):
       params = models.init_params(self.model, rng)
+      if start:
+        flat = flax.traverse_util.flatten_dict(params, sep='/')
+        flat.update({k: jnp.asarray(v, flat[k].dtype) for k, v in start.items()})
+        params = flax.traverse_util.unflatten_dict(flat, sep='/')
       return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                         opt_state=self.tx.init(params), bad_step=jnp.full((), -1, jnp.int32),
                         ema_params=jax.tree.map(jnp.copy, params) if self.use_ema else None)
 
-    abstract = jax.eval_shape(init, self.init_rng)
+    abstract = jax.eval_shape(init, self.init_rng, start)
     self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
     self._init = jax.jit(init, out_shardings=self.state_sharding)
     step = jax.jit(
@@ -203,7 +210,7 @@ class Trainer:
     self.abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
         self.state_sharding)
-    return self._init(self.init_rng)
+    return self._init(self.init_rng, start)
 
   def global_batch(self, local: dict) -> dict:
     """Process-local rows -> one global array sharded over the data axis."""

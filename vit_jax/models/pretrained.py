@@ -1,0 +1,128 @@
+"""Starting from a pretrained checkpoint (config.init): its architecture, its parameters.
+
+`hub.load` reads the checkpoint (timm / Hugging Face layouts) and gives the model's
+architecture fields and its parameters at the requested image size. Here they meet a
+config: `load` writes the architecture into config.model (the image size, the class
+count and the regularisation fields stay the config's), `check_fits` refuses in one
+line a config whose model the checkpoint does not fill, and `start_params` gives the
+parameters a fresh run starts from (timm's fine-tuning: the head is kept when its class
+count is the data set's, re-initialised otherwise).
+"""
+import os
+
+import flax
+import numpy as np
+
+from vit_jax.models import hub
+
+# Parameter trees that depend on the number of classes.
+HEADS = ('head', 'head_dist')
+# Parameters a config can add that no imported checkpoint has: the field that adds them.
+_ADDED_BY = (('svd_proj_', 'model.svd_tap_layers'), ('/gate/', 'model.gate'),
+             ('head/hidden', 'model.head'), ('head/norm', 'model.head'))
+_CACHE: dict = {}
+
+
+def source(config) -> str:
+  """config.init.source, '' for a config without it (training from scratch)."""
+  return config.get('init', {}).get('source', '')
+
+
+def _stamp(path: str):
+  """What changes when the checkpoint at `path` is rewritten (None for hf-hub names)."""
+  if not os.path.exists(path):
+    return None
+  if os.path.isdir(path):
+    return tuple(sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size)
+                        for e in os.scandir(path) if e.is_file()))
+  return os.stat(path).st_mtime_ns, os.stat(path).st_size
+
+
+def _coerce(old, new):
+  """`new` as the type of the config field it replaces (ConfigDict fields are typed)."""
+  for kind in (bool, int, float, str):
+    if isinstance(old, kind):
+      return kind(new)
+  return new
+
+
+def load(config):
+  """hub.Imported of config.init.source at config.model.image_size, or None when unset.
+
+  The checkpoint's architecture fields are written into config.model (every field hub
+  reports except image_size). Preflight, the training run and the analysis each call
+  this; the checkpoint is read once per process (until its files change).
+  """
+  src = source(config)
+  if not src:
+    return None
+  key = (src, int(config.model.image_size), _stamp(src))
+  if key not in _CACHE:
+    _CACHE.clear()    # one checkpoint at a time: a ViT-g's parameters are gigabytes
+    _CACHE[key] = hub.load(src, int(config.model.image_size))
+  imported = _CACHE[key]
+  config.model.update({k: _coerce(config.model[k], v) for k, v in imported.model.items()
+                       if k != 'image_size'})
+  return imported
+
+
+def describe(config, imported) -> str:
+  """One line: the checkpoint and the architecture it gave config.model."""
+  arch = ', '.join(f'{k}={v}' for k, v in imported.model.items() if k != 'image_size')
+  return (f'init.source={imported.source!r} ({imported.family}, {imported.num_classes} '
+          f'classes, native {imported.model["image_size"]}px, used at '
+          f'{config.model.image_size}px): {arch}')
+
+
+def keeps_head(config, imported) -> bool:
+  """timm's rule: the head is loaded when its class count is the data set's."""
+  return bool(config.init.keep_head) and imported.num_classes == config.dataset.num_classes
+
+
+def _flat(tree) -> dict:
+  return flax.traverse_util.flatten_dict(tree, sep='/')
+
+
+def start_params(config, imported) -> dict | None:
+  """{param path: array} of the imported parameters a fresh run starts from: every one,
+  the head(s) only when kept (the others keep the model's own init). None without one."""
+  if imported is None:
+    return None
+  keep = keeps_head(config, imported)
+  return {k: np.asarray(v) for k, v in _flat(imported.params).items()
+          if keep or k.split('/')[0] not in HEADS}
+
+
+def head_note(config, imported) -> str:
+  if keeps_head(config, imported):
+    return f'head kept ({imported.num_classes} classes)'
+  why = ('init.keep_head=False' if imported.num_classes == config.dataset.num_classes else
+         f'{imported.num_classes} classes, dataset.num_classes={config.dataset.num_classes}')
+  return f'head re-initialised ({why})'
+
+
+def check_fits(config, imported, abstract_params) -> None:
+  """Every parameter of the config's model (abstract_params) is in the import with its shape
+  (the head only where it is kept), and every imported one has a place; one line naming
+  the first that does not."""
+  src = imported.source
+  want = {k: tuple(v.shape) for k, v in _flat(abstract_params).items()}
+  keep = keeps_head(config, imported)
+  got = {k: tuple(np.shape(v)) for k, v in _flat(imported.params).items()
+         if keep or k.split('/')[0] not in HEADS}
+  want = {k: v for k, v in want.items() if keep or k.split('/')[0] not in HEADS}
+  for path, shape in want.items():   # missing ones first: they say why shapes differ
+    if path not in got:
+      field = next((f for p, f in _ADDED_BY if p in f'/{path}'), None)
+      why = (f'; it comes from this config\'s {field}, which the checkpoint lacks' if field
+             else '')
+      raise ValueError(f'init.source={src!r} has no parameter {path} {shape} for this '
+                       f"config's model{why}")
+  for path, shape in want.items():
+    if got[path] != shape:
+      raise ValueError(f'init.source={src!r}: parameter {path} is {got[path]} in the '
+                       f"checkpoint but {shape} in this config's model")
+  extra = [p for p in got if p not in want]
+  if extra:
+    raise ValueError(f'init.source={src!r}: parameter {extra[0]} {got[extra[0]]} has no place '
+                     f"in this config's model")
