@@ -3,6 +3,8 @@ between two micro-steps of one update and run again, ends with params and EMA bi
 to an uninterrupted run's; its images/s counts only what each invocation trained, outside
 compilation; trainer=evaluate gives back the epoch's val_acc1 (raw and EMA) and per-class /
 top-5 accuracy equal to numpy's on the logits it saved."""
+import contextlib
+import io
 import json
 import os
 import re
@@ -39,7 +41,6 @@ def runs(tmp_path_factory):
   base = tmp_path_factory.mktemp('features')
   full, cut = str(base / 'full'), str(base / 'cut')
   mp = pytest.MonkeyPatch()
-  import io, contextlib
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     loop.train_and_evaluate(_config(), full)
