@@ -4,7 +4,9 @@ trust ratio and gradient clipping must see the accumulated gradient), with the l
 rate counted in optimizer updates; float32, params within 1e-5 relative (max |diff| over
 max |param| of each tensor) after 3 updates. Augmentation and every dropout are off,
 because mixup / cutmix / drop-path draws per micro-batch differ from a full batch's;
-the model has no BatchNorm, so the equivalence is exact up to float rounding."""
+the model has no BatchNorm, so the equivalence is exact up to float rounding. (Summing
+the micro-batch gradients instead of averaging them fails the AdamW case, through Adam's
+eps, tried; LAMB and clipping by global norm are blind to a uniform scale of the gradient.)"""
 import jax
 import numpy as np
 import pytest

@@ -3,6 +3,8 @@ between two micro-steps of one update and run again, ends with params and EMA bi
 to an uninterrupted run's; its images/s counts only what each invocation trained, outside
 compilation; trainer=evaluate gives back the epoch's val_acc1 (raw and EMA) and per-class /
 top-5 accuracy equal to numpy's on the logits it saved."""
+import contextlib
+import io
 import json
 import os
 import re
@@ -39,7 +41,6 @@ def runs(tmp_path_factory):
   base = tmp_path_factory.mktemp('features')
   full, cut = str(base / 'full'), str(base / 'cut')
   mp = pytest.MonkeyPatch()
-  import io, contextlib
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     loop.train_and_evaluate(_config(), full)
@@ -142,3 +143,15 @@ def test_evaluate_refuses_bad_requests_in_one_line(runs, tmp_path):
   with pytest.raises(ValueError, match=r"evaluate.weights='ema' but checkpoint .* holds no EMA "
                      r"weights \(its run had config.ema.decay=0\); use 'raw'$"):
     evaluate.check(_eval_config(weights='ema'), str(tmp_path / 'plain'))
+  # Resuming that workdir with EMA on, or without accumulation, is refused before any work
+  # (orbax would fail deep in the restore: the saved state has another structure).
+  from vit_jax import models
+  from vit_jax import preflight
+  model = models.build_model(c.model, 10)
+  with pytest.raises(ValueError, match=r"cannot resume with ema.decay=0.9: its checkpoint "
+                     r"\(checkpoints step 1\) holds no EMA weights; use the setting"):
+    preflight.check_resume(_config(), str(tmp_path / 'plain'), model)
+  c.grad_accum_steps = 1
+  with pytest.raises(ValueError, match=r"cannot resume with grad_accum_steps=1: its checkpoint "
+                     r"\(checkpoints step 1\) holds a gradient accumulator; use the setting"):
+    preflight.check_resume(c, str(tmp_path / 'plain'), model)

@@ -185,6 +185,18 @@ def check_resume(config, workdir: str, model) -> None:
         os.path.join(folder, str(step)), model,
         f'workdir {workdir!r} holds a checkpoint of a different model '
         f'({os.path.relpath(folder, workdir)} step {step})', 'use a new --workdir')
+    step_dir = os.path.join(folder, str(step))
+    for name, field, value, saved_has, wanted in (
+        ('EMA weights', 'ema.decay', config.ema.decay, checkpoint.has_ema,
+         steps.ema_enabled(config)),
+        ('a gradient accumulator', 'grad_accum_steps', config.grad_accum_steps,
+         checkpoint.has_accumulator, config.grad_accum_steps > 1)):
+      has = saved_has(step_dir)
+      if has != wanted:
+        raise ValueError(f'workdir {workdir!r} cannot resume with {field}={value}: its checkpoint '
+                         f'({os.path.relpath(folder, workdir)} step {step}) holds '
+                         f"{'' if has else 'no '}{name}; use the setting it was trained with or "
+                         'a new --workdir')
     saved = checkpoint.saved_data_state(os.path.join(folder, str(step)))
     current = dict(global_batch=config.batch_size, seed=config.seed,
                    repeats=config.dataset.repeated_aug, num_records=(saved or {}).get(

@@ -257,12 +257,21 @@ def shape_mismatch(saved: dict, expected: dict) -> str | None:
 WEIGHTS = {'raw': 'params', 'ema': 'ema_params'}
 
 
-def has_ema(step_dir: str) -> bool:
-  """Whether a saved train state holds EMA weights (a run with config.ema.decay > 0)."""
+def _state_tree(step_dir: str) -> dict:
   with _quiet():
     meta = ocp.StandardCheckpointer().metadata(os.path.join(os.path.abspath(step_dir), 'state'))
-  tree = getattr(meta, 'item_metadata', meta)
-  return bool(jax.tree_util.tree_leaves(dict(tree).get('ema_params')))
+  return dict(getattr(meta, 'item_metadata', meta))
+
+
+def has_ema(step_dir: str) -> bool:
+  """Whether a saved train state holds EMA weights (a run with config.ema.decay > 0)."""
+  return bool(jax.tree_util.tree_leaves(_state_tree(step_dir).get('ema_params')))
+
+
+def has_accumulator(step_dir: str) -> bool:
+  """Whether a saved optimizer state is optax.MultiSteps' (config.grad_accum_steps > 1)."""
+  opt = _state_tree(step_dir).get('opt_state')
+  return isinstance(opt, dict) and 'acc_grads' in opt
 
 
 def require_weights(step_dir: str, weights: str, field: str) -> None:
