@@ -102,7 +102,8 @@ def _rollout_plots(cap: Capture, rows) -> list:
   k = cap.config.analysis.num_images
   _, maps = attention.rollout_summary(cap.attn, cap.layout)
   fig = plots.attention_maps(cap.images[:k], maps[:k, None], ['rollout of cls'],
-                             "share of cls's rollout over the patches", 1.0 / maps.shape[-1])
+                             "share of cls's rollout over the patches", 1.0 / maps.shape[-1],
+                             f'uniform 1/{maps.shape[-1]}')
   return [('attention_rollout.png', fig)]
 
 
@@ -159,7 +160,8 @@ def _ttr_plots(cap: Capture, rows) -> list:
                               cap.layout.num_patches)
   maps = np.stack([before[:, 0, cap.layout.patches], after[:, 0, lay_after.patches]], 1)
   fig = plots.attention_maps(cap.images[:k], maps, ['cls, plain', 'cls, test-time register'],
-                             'attention probability (heads averaged)', 1.0 / before.shape[-1])
+                             'attention probability (heads averaged)', 1.0 / before.shape[-1],
+                             f'uniform 1/{before.shape[-1]} (before)')
   fig.suptitle('last block, before and after moving the register neurons', fontsize=9)
   return [('test_time_registers.png', fig)]
 

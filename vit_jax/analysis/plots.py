@@ -19,6 +19,21 @@ def save(fig, path: str) -> str:
   return path
 
 
+def _scaled_plot(ax, x, y, label, *args, **kw):
+  """y against x on a log axis when y spans more than a factor 10, else on a linear axis
+  from 0 with plain tick labels (a log axis over 1.52211..1.52212 repeats one label)."""
+  y = np.asarray([np.nan if v is None else v for v in y], np.float64)
+  ax.plot(x, y, *args, **kw)
+  finite = y[np.isfinite(y) & (y > 0)]
+  if finite.size and finite.max() > 10 * finite.min():
+    ax.set_yscale('log')
+    label += ' (log scale)'
+  else:
+    ax.set_ylim(0, 1.1 * max(finite.max(), 1e-30) if finite.size else 1)
+    ax.ticklabel_format(axis='y', style='plain', useOffset=False)
+  ax.set_ylabel(label, fontsize=8)
+
+
 def _integer_ticks(*axes):
   for axis in axes:
     axis.set_major_locator(MaxNLocator(integer=True))
@@ -67,7 +82,7 @@ def layer_norms(layer_norms: np.ndarray, per_epoch: dict | None = None):
   if per_epoch:
     epochs = sorted(per_epoch)
     grid = np.array([[np.mean(per_epoch[e][l]) for e in epochs] for l in range(n_layers)])
-    im = axes[0, 1].imshow(grid, aspect='auto', origin='lower', cmap='viridis',
+    im = axes[0, 1].imshow(grid, aspect='auto', origin='lower', cmap='viridis', vmin=0,
                            extent=(epochs[0] - 0.5, epochs[-1] + 0.5, 0.5, n_layers + 0.5))
     axes[0, 1].set_xlabel('epoch')
     axes[0, 1].set_ylabel('block')
@@ -94,7 +109,7 @@ def _bare(ax, title=None):
 
 
 def attention_maps(images: np.ndarray, maps: np.ndarray, titles: list, quantity: str,
-                   uniform: float, vmax: float | None = None):
+                   uniform: float, uniform_label: str, vmax: float | None = None):
   """Rows: images; columns: the image, then one map per column ((B, C, N) patch values).
 
   Every map shares one colour scale, from 0 to the largest value of all maps (or
@@ -117,7 +132,7 @@ def attention_maps(images: np.ndarray, maps: np.ndarray, titles: list, quantity:
       _bare(axes[i, j + 1], titles[j] if i == 0 else None)
   bar = fig.colorbar(im, ax=axes, shrink=0.9, label=quantity)
   bar.ax.axhline(uniform, color='tab:red', lw=1.5)
-  bar.ax.text(1.02, uniform, f' uniform 1/{n}', color='tab:red', fontsize=7, va='center',
+  bar.ax.text(1.02, uniform, f' {uniform_label}', color='tab:red', fontsize=7, va='center',
               transform=bar.ax.get_yaxis_transform())
   return fig
 
@@ -128,7 +143,7 @@ def cls_attention(images: np.ndarray, attn_last: np.ndarray, patches: slice):
   maps = np.asarray(attn_last)[:, :, 0, patches]
   t = attn_last.shape[-1]
   fig = attention_maps(images, maps, [f'head {j}' for j in range(maps.shape[1])],
-                       'attention probability', 1.0 / t)
+                       'attention probability', 1.0 / t, f'uniform 1/{t}')
   fig.suptitle(f'last block: attention of cls to the patches (uniform over all {t} tokens '
                f'= 1/{t})', fontsize=9)
   return fig
@@ -163,6 +178,8 @@ def register_attention(images: np.ndarray, attn: list, lay):
   bar = fig.colorbar(im, ax=list(axes[0, 1:]), shrink=0.9,
                      label='attention probability (heads averaged)')
   bar.ax.axhline(1.0 / t, color='tab:red', lw=1.5)
+  bar.ax.text(1.02, 1.0 / t, f' uniform 1/{t}', color='tab:red', fontsize=7, va='center',
+              transform=bar.ax.get_yaxis_transform())
   return fig
 
 
@@ -196,11 +213,10 @@ def sinks(attn_rows: list[dict], act_rows: list[dict]):
   axes[0].set_ylabel('attention mass')
   axes[0].legend(fontsize=7)
   axes[0].set_title('attention received (mean over heads and queries)', fontsize=9)
-  axes[1].semilogy(blocks, [r['act_max_abs'] for r in act_rows], 'o-')
-  axes[1].set_ylabel('max |x| (log scale)')
+  _scaled_plot(axes[1], blocks, [r['act_max_abs'] for r in act_rows], 'max |x|', 'o-')
   axes[1].set_title('largest activation of the residual stream', fontsize=9)
-  axes[2].semilogy(blocks, [r['act_max_over_median'] for r in act_rows], 's-', color='tab:red')
-  axes[2].set_ylabel('max |x| / median |x| (log scale)')
+  _scaled_plot(axes[2], blocks, [r['act_max_over_median'] for r in act_rows],
+               'max |x| / median |x|', 's-', color='tab:red')
   axes[2].set_title('largest activation over the median', fontsize=9)
   for ax in axes:
     ax.set_xlabel('block')
@@ -212,11 +228,10 @@ def outliers(rows: list[dict]):
   """Per block: max |x|, mean per-token kurtosis, top |x| over the median; one per axis."""
   blocks = np.arange(1, len(rows) + 1)
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), layout='constrained')
-  for ax, key, label in ((axes[0], 'max_abs', 'max |x| (log scale)'),
-                         (axes[1], 'kurtosis', 'kurtosis over channels (log scale; normal = 3)'),
-                         (axes[2], 'top_over_median', 'top |x| / median |x| (log scale)')):
-    ax.semilogy(blocks, [r[key] for r in rows], 'o-')
-    ax.set_ylabel(label, fontsize=8)
+  for ax, key, label in ((axes[0], 'max_abs', 'max |x|'),
+                         (axes[1], 'kurtosis', 'kurtosis over channels (normal = 3)'),
+                         (axes[2], 'top_over_median', 'top |x| / median |x|')):
+    _scaled_plot(ax, blocks, [r[key] for r in rows], label, 'o-')
     ax.set_xlabel('block')
     ax.set_xticks(blocks)
   axes[1].axhline(3.0, color='gray', ls=':', lw=1)
@@ -254,8 +269,7 @@ def defects(rows: list[dict]):
   high-norm and of the other patch tokens with its direction."""
   blocks = np.arange(1, len(rows) + 1)
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), layout='constrained')
-  axes[0].semilogy(blocks, [r['sigma1'] for r in rows], 'o-')
-  axes[0].set_ylabel('leading singular value (log scale)')
+  _scaled_plot(axes[0], blocks, [r['sigma1'] for r in rows], 'leading singular value', 'o-')
   axes[0].set_title("linearised block update's gain", fontsize=9)
   for key, label in (('cos_high_norm', 'high-norm tokens'), ('cos_normal', 'other tokens')):
     vals = [np.nan if r[key] is None else r[key] for r in rows]

@@ -198,7 +198,7 @@ def _toolkit_report(summary: dict) -> list[str]:
       row = (f"| {r['block']} | {r['outlier_max_abs']:.2f} | {r['outlier_kurtosis']:.2f} | "
              f"{top} | {r['entropy_mean']:.2f} / {r['entropy_uniform']:.2f} |")
       if has_defect:
-        row += (f" {r['defect_sigma1']:.3f} | {fmt(r['defect_cos_high_norm'])} | "
+        row += (f" {r['defect_sigma1']:.3g} | {fmt(r['defect_cos_high_norm'])} | "
                 f"{fmt(r['defect_cos_normal'])} |")
       lines.append(row)
     lines.append('')
