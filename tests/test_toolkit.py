@@ -266,3 +266,36 @@ def test_sinks_plot_has_one_quantity_per_labelled_axis():
   fig = plots.sinks(attn_rows, act_rows)
   labels = [ax.get_ylabel() for ax in fig.axes]
   assert len(fig.axes) == 3 and all(labels) and len(set(labels)) == 3
+
+
+def test_the_toolkit_runs_in_analyze_on_the_planted_model():
+  """The table's entries on the planted model: the register neuron is found and moved,
+  and block 1's update (fc2 writes only channel 1) has channel 1 as its singular
+  defect, with which the high-norm token aligns and the others do not."""
+  from vit_jax.analysis import analyses
+  from vit_jax.analysis import run
+  neuron, token = 7, 5
+  c, p = _planted_model(neuron, token)
+  c.analysis.update(num_images=2, register_neurons=1)
+  images = np.random.default_rng(8).integers(0, 256, (4, 16, 16, 3)).astype(np.uint8)
+  out = run.capture(c, p, images)
+  cap = analyses.Capture(
+      config=c, images=images, layout=vit.token_layout(c.model), attn=list(out['attn']),
+      blocks=out['blocks'], gates=out['gates'], layer_norms=out['norms']['layers'],
+      output_norms=out['norms']['output'], per_epoch={}, per_epoch_layers={},
+      embed=out['embed'], mlp=out['mlp'], params=p, apply=registers.model_pass(c, p))
+  summary, figures = analyses.run_all(cap)
+  t = summary['test_time_registers']
+  assert t['neurons'][0]['block'] == 1 and t['neurons'][0]['neuron'] == neuron
+  assert t['output_norms_before']['max_over_median'] > 5
+  assert t['output_norms_after']['max_over_median'] < 1.5
+  first = summary['layers'][0]
+  assert first['defect_cos_high_norm'] > 0.9 > 0.5 > first['defect_cos_normal']
+  assert first['defect_sigma1_over_sigma2'] > 1e3
+  assert {'test_time_registers.png', 'singular_defects.png', 'outliers.png'} <= {
+      name for name, _ in figures}
+  summary.update(workdir='w', checkpoint_epoch=1, epochs_trained=1, num_params=1,
+                 val_acc1_at_checkpoint=None, best_val_acc1=0.0, best_epoch=1,
+                 probe_images=4, outlier_rule={}, plots=[])
+  text = run.report(summary)
+  assert f'register neurons (block:neuron) 1:{neuron}' in text and 'Sink rate' in text

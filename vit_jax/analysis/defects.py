@@ -87,7 +87,11 @@ def mean_jacobian_direction(bp, x, attn, num_heads, gate, eps, max_tokens: int):
   _, f = block_update(bp, jnp.asarray(x, jnp.float32), jnp.asarray(attn, jnp.float32),
                       num_heads, gate, eps)
   jac = jax.jit(jax.vmap(lambda i, j, z: jax.jacfwd(lambda w: f(i, j, w))(z)))
-  return leading_direction(np.asarray(jac(ii, jj, jnp.asarray(x, jnp.float32)[ii, jj])))
+  z = jnp.asarray(x, jnp.float32)[ii, jj]
+  chunk = 32   # D tangents x chunk tokens x the MLP width at a time: bounded memory
+  total = sum(np.asarray(jac(ii[k:k + chunk], jj[k:k + chunk], z[k:k + chunk]), np.float64)
+              .sum(0) for k in range(0, len(ii), chunk))
+  return leading_direction((total / len(ii))[None])
 
 
 def alignment(u: np.ndarray, hidden: np.ndarray, outliers: np.ndarray) -> dict:
