@@ -28,6 +28,8 @@ CLI_CONFIG = ['--config', 'configs/sdpa_gated.py:quick', '--config.model.depth=2
               '--config.model.width=32', '--config.model.num_heads=2',
               '--config.model.num_registers=2']
 PLOTS = {'plots/l2_norms_per_epoch.png', 'plots/l2_norms_per_layer.png',
+         'plots/outliers.png', 'plots/sink_rate_entropy.png', 'plots/attention_rollout.png',
+         'plots/singular_defects.png',
          'plots/attention_cls.png', 'plots/attention_registers.png', 'plots/gates.png',
          'plots/sinks.png'}
 
@@ -97,7 +99,9 @@ def test_attention_stats_by_hand():
                   [0.5, 0.5, 0.0, 0.0],
                   [0.4, 0.2, 0.2, 0.2],
                   [0.9, 0.0, 0.0, 0.1]]]])
-  row, = stats.attention_stats([a], vit.TokenLayout(1, 1, 2))
+  # cls receives 0.625 of 4 tokens: a sink above 2 x uniform (0.5), not above 5 x (1.25)
+  assert stats.attention_stats([a], vit.TokenLayout(1, 1, 2))[0]['sink_kind'] == 'none'
+  row, = stats.attention_stats([a], vit.TokenLayout(1, 1, 2), epsilon=0.3, factor=2.0)
   assert row['cls_share'] == pytest.approx((0.7 + 0.5 + 0.4 + 0.9) / 4)
   assert row['sink_share'] == pytest.approx(row['cls_share'])   # cls receives the most
   assert row['sink_kind'] == 'cls' and row['sink_index'] == 0
@@ -165,8 +169,8 @@ def test_plots_have_their_panels():
   attn = [rng.dirichlet(np.ones(19), size=(3, 2, 19)) for _ in range(2)]
   images = rng.integers(0, 256, (3, 16, 16, 3)).astype(np.uint8)
   fig = plots.cls_attention(images, attn[-1], lay.patches)
-  assert len(fig.axes) == 3 * (1 + 2)                     # images x (input + heads)
-  assert len(plots.register_attention(images, attn, lay).axes) == 1 + 2
+  assert len(fig.axes) == 3 * (1 + 2) + 1                 # images x (input + heads), colour bar
+  assert len(plots.register_attention(images, attn, lay).axes) == 1 + 2 + 1
   assert len(plots.norm_histograms({1: rng.random((3, 16)), 5: rng.random((3, 16))},
                                    {1: 1.0, 5: 1.0}).axes) == 2
   gates = stats.gate_stats([rng.random((3, 19, 2, 4))] * 2, 0.1)

@@ -143,9 +143,20 @@ def base() -> ml_collections.ConfigDict:
   # config.trainer='analyze' (vit_jax/analysis/run.py): which checkpoint
   # ('latest', 'best' or an epoch number), how many probe images to draw
   # attention maps for, and below which value a gate counts as closed.
+  # sink_epsilon: a head's mean attention (over queries) to one token above this makes
+  # that token a sink (Gu et al. 2025's 0.3); sink_factor: it must also exceed this many
+  # times the uniform share 1/T, so near-uniform attention in short sequences is no sink.
+  # top_k: how many of the largest |activations| per block to list (Sun et al. 2024 show 3).
+  # register_neurons: how many MLP neurons, ranked by Jiang et al. 2025's score, move into
+  # the test-time register (0: skip that pass); register_neuron_layers: only blocks up to
+  # this one (1-indexed; 0 = all) are searched, as the paper searches the early-to-middle
+  # blocks where high-norm tokens form. defect_tokens: at most this many tokens per block
+  # whose Jacobians are averaged for the singular-defect direction (cost grows with it).
   # weights: 'raw' or 'ema' (the checkpoint's EMA, config.ema).
-  c.analysis = ml_collections.ConfigDict(dict(checkpoint='best', num_images=4,
-                                              gate_sparse_below=0.1, weights='raw'))
+  c.analysis = ml_collections.ConfigDict(dict(
+      checkpoint='best', num_images=4, gate_sparse_below=0.1, sink_epsilon=0.3,
+      sink_factor=5.0, top_k=3, register_neurons=10, register_neuron_layers=0,
+      defect_tokens=256, weights='raw'))
   # config.trainer='evaluate' (vit_jax/train/evaluate.py): top-1 / top-5 and per-class
   # accuracy of one checkpoint ('latest', 'best' or an epoch number) with its 'raw' or
   # 'ema' weights on the 'val' or 'train' split (the evaluation crop, no augmentation).

@@ -24,6 +24,7 @@ import numpy as np
 from vit_jax import models
 from vit_jax.analysis import analyses
 from vit_jax.analysis import plots
+from vit_jax.analysis import registers
 from vit_jax.data import augment
 from vit_jax.data import imagefolder
 from vit_jax.data import pipeline
@@ -146,6 +147,21 @@ def top1(config, params, images: np.ndarray, labels: np.ndarray) -> float:
   return float(100.0 * np.mean(np.argmax(np.asarray(logits), -1) == labels))
 
 
+def make_capture(config, params, images: np.ndarray, labels: np.ndarray | None,
+                 workdir: str | None) -> analyses.Capture:
+  """The captured forward pass of the probe images; with a training workdir, the
+  per-epoch norms it saved too. `labels` None: top-1 is not reported."""
+  out = capture(config, params, images)
+  return analyses.Capture(
+      config=config, images=images, layout=vit.token_layout(config.model),
+      attn=[np.asarray(a) for a in out['attn']], blocks=out['blocks'], gates=out['gates'],
+      layer_norms=out['norms']['layers'], output_norms=out['norms']['output'],
+      per_epoch=epoch_norms(workdir) if workdir else {},
+      per_epoch_layers=epoch_norms(workdir, 'layers') if workdir else {},
+      embed=out['embed'], mlp=out['mlp'], params=params,
+      apply=registers.model_pass(config, params), labels=labels)
+
+
 def summarize(config, workdir: str, epoch: int | None) -> tuple[dict, list]:
   """(the JSON summary, [(plot file, figure)]) of every analysis in analyses.ANALYSES;
   epoch None: the imported model of init.source."""
@@ -154,14 +170,8 @@ def summarize(config, workdir: str, epoch: int | None) -> tuple[dict, list]:
     return summarize_imported(config, workdir, imported)
   step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
   params = load_params(config, step_dir)
-  images = probe_images(config)
-  out = capture(config, params, images)
-  cap = analyses.Capture(
-      config=config, images=images, layout=vit.token_layout(config.model),
-      attn=[np.asarray(a) for a in out['attn']], blocks=out['blocks'], gates=out['gates'],
-      layer_norms=out['norms']['layers'], output_norms=out['norms']['output'],
-      per_epoch=epoch_norms(workdir), per_epoch_layers=epoch_norms(workdir, 'layers'))
-  results, figures = analyses.run_all(cap)
+  images, labels = probe_batch(config)
+  results, figures = analyses.run_all(make_capture(config, params, images, labels, workdir))
   rows = metrics_io.read(os.path.join(workdir, 'metrics.csv'))
   best = max(rows, key=lambda r: float(r['val_acc1']))
   at_epoch = next((r for r in rows if int(r['epoch']) == epoch), None)
@@ -187,14 +197,9 @@ def summarize_imported(config, workdir: str, imported) -> tuple[dict, list]:
   config = copy.deepcopy(config)
   config.dataset.num_classes = imported.num_classes   # the model as it was saved
   images, labels = probe_batch(config)
-  out = capture(config, imported.params, images)
-  cap = analyses.Capture(
-      config=config, images=images, layout=vit.token_layout(config.model),
-      attn=[np.asarray(a) for a in out['attn']], blocks=out['blocks'], gates=out['gates'],
-      layer_norms=out['norms']['layers'], output_norms=out['norms']['output'],
-      per_epoch={}, per_epoch_layers={})
-  results, figures = analyses.run_all(cap)
   classes_match = classes_match and labels is not None
+  results, figures = analyses.run_all(make_capture(
+      config, imported.params, images, labels if classes_match else None, workdir=None))
   summary = {
       'workdir': os.path.abspath(workdir),
       'imported': {'source': imported.source, 'family': imported.family,
@@ -254,8 +259,58 @@ def report(summary: dict) -> str:
     lines.append(f"| {r['block']} | {r['l2_norm_mean']:.2f} | {r['l2_outlier_ratio']:.4f} | "
                  f"{r['max_over_median']:.2f} | {r['sink_share']:.3f} | {r['sink_kind']} | "
                  f"{r['cls_share']:.3f} | {r['register_share']:.3f} | {r['act_max_abs']:.1f} |" + gate)
+  lines += ['', 'A sink is a token whose attention, averaged over heads and queries, exceeds '
+            'max(analysis.sink_epsilon, analysis.sink_factor / T); otherwise the sink column '
+            "says 'none'.", '']
+  lines += _toolkit_report(summary)
   lines += ['', 'Plots: ' + ', '.join(f'[{p}]({p})' for p in summary['plots']), '']
   return '\n'.join(lines)
+
+
+def _toolkit_report(summary: dict) -> list[str]:
+  """The artifact toolkit's lines of analysis.md (outliers, sinks, rollout, defects, registers)."""
+  layers = summary['layers']
+  lines = []
+  if 'sink_rate' in summary:
+    rate = ', '.join(f'to {k} {v:.3f}' for k, v in summary['sink_rate'].items())
+    lines += [f'Sink rate (share of (layer, head) pairs whose mean attention to one token '
+              f'exceeds the sink epsilon; Gu et al. 2025): {rate}.', '']
+  if 'rollout' in summary:
+    r = summary['rollout']
+    lines += ['Attention rollout of cls (Abnar & Zuidema 2020), share from: ' + ', '.join(
+        f'{k} {v:.3f}' for k, v in r.items() if k != 'map_max_over_uniform')
+              + f"; the patch map's peak is {r['map_max_over_uniform']:.2f}x uniform.", '']
+  if layers and 'outlier_kurtosis' in layers[0]:
+    has_defect = 'defect_sigma1' in layers[0]
+    fmt = lambda v: '-' if v is None else f'{v:.3f}'
+    lines += ['| block | max abs x | kurtosis | top abs x (image, token kind index, channel): '
+              'x / median | entropy (nats) / log T |'
+              + (' defect sigma1 | cos high-norm | cos other |' if has_defect else ''),
+              '|---' * (5 + (3 if has_defect else 0)) + '|']
+    for r in layers:
+      top = '; '.join(f"({t['image']}, {t['kind']} {t['token']}, ch {t['channel']}): "
+                      f"{t['over_median']:.1f}" for t in r['outlier_top'])
+      row = (f"| {r['block']} | {r['outlier_max_abs']:.2f} | {r['outlier_kurtosis']:.2f} | "
+             f"{top} | {r['entropy_mean']:.2f} / {r['entropy_uniform']:.2f} |")
+      if has_defect:
+        row += (f" {r['defect_sigma1']:.3g} | {fmt(r['defect_cos_high_norm'])} | "
+                f"{fmt(r['defect_cos_normal'])} |")
+      lines.append(row)
+    lines.append('')
+  t = summary.get('test_time_registers')
+  if t:
+    if 'skipped' in t:
+      lines += [f"Test-time registers (Jiang et al. 2025): skipped, {t['skipped']}.", '']
+    else:
+      b, a = t['output_norms_before'], t['output_norms_after']
+      neurons = ', '.join(f"{n['block']}:{n['neuron']}" for n in t['neurons'])
+      top1 = (f"; top-1 {t['top1_before']:.3f} -> {t['top1_after']:.3f}"
+              if 'top1_before' in t else '')
+      lines += [f'Test-time registers (Jiang et al. 2025): register neurons (block:neuron) '
+                f'{neurons}; output patch norms max/median {b["max_over_median"]:.2f} -> '
+                f'{a["max_over_median"]:.2f}; top-1 unchanged on {t["top1_unchanged"]:.3f} '
+                f'of the images{top1}.', '']
+  return lines
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -27,12 +27,20 @@ def outlier_tokens(norms: np.ndarray, probe_cfg) -> list[tuple[int, int]]:
   return [tuple(int(i) for i in ij) for ij in np.argwhere(mask)]
 
 
-def attention_stats(attn: list[np.ndarray], lay: vit.TokenLayout) -> list[dict]:
+def is_sink(share, num_tokens: int, epsilon: float, factor: float):
+  """A key is a sink only when its share (attention averaged over queries) exceeds both
+  epsilon (Gu et al. 2025's 0.3) and factor times the uniform share 1/T."""
+  return np.asarray(share) > max(epsilon, factor / num_tokens)
+
+
+def attention_stats(attn: list[np.ndarray], lay: vit.TokenLayout, epsilon: float = 0.3,
+                    factor: float = 5.0) -> list[dict]:
   """Per layer, from (B, H, T, T) attention probabilities.
 
   sink_share: the attention mass (averaged over heads and queries) that the
   single most-attended key of each image receives, averaged over images; sink
-  kind: which kind of token that key most often is. cls_share /
+  kind: which kind of token that key most often is among the images where it is a
+  sink by `is_sink`, 'none' when it is one in no image. cls_share /
   register_share: the mass on cls / on all registers. row_peak: the mean of
   each row's largest weight (1 = every query attends one key).
   """
@@ -41,10 +49,11 @@ def attention_stats(attn: list[np.ndarray], lay: vit.TokenLayout) -> list[dict]:
     a = np.asarray(a, np.float64)
     received = a.mean(axis=(1, 2))                     # (B, T): mass each key receives
     sink = received.argmax(-1)
-    kinds = [lay.kind(int(i)) for i in sink]
+    real = is_sink(received.max(-1), a.shape[-1], epsilon, factor)
+    kinds = [lay.kind(int(i)) for i, r in zip(sink, real) if r] or ['none']
     rows.append({
         'sink_share': float(received.max(-1).mean()),
-        'sink_kind': max(set(kinds), key=kinds.count),
+        'sink_kind': max(sorted(set(kinds)), key=kinds.count),
         'sink_index': int(np.bincount(sink).argmax()),
         'cls_share': float(a[..., 0].mean()),
         'register_share': float(a[..., lay.registers].sum(-1).mean()),

@@ -7,8 +7,15 @@ never get one and are dropped at the output.
 
 `__call__` returns (logits, out). `out` always holds the cheap views
 (pre_logits, the normed output patch tokens, per-head logits); with
-`capture=True` it also holds per-block tokens, attention probabilities and
-gate values, so analysis needs no second model.
+`capture=True` it also holds the tokens entering the first block, per-block
+tokens, attention probabilities, gate values and MLP hidden activations (fc1
+after GELU), so analysis needs no second model.
+
+Test-time registers (Jiang et al. 2025, analysis only, off by default):
+`test_time_registers=n` adds n zero tokens after the trained registers (no
+position embedding, dropped at the output); with `neuron_mask` ((depth, hidden)
+booleans) each masked MLP neuron's activation is set to zero at every token and,
+at the added tokens, to its largest value over the image's tokens.
 """
 import dataclasses
 from typing import Any, Sequence
@@ -143,11 +150,16 @@ class Mlp(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, deterministic: bool):
+  def __call__(self, x, deterministic: bool, neuron_mask=None, moved_to: slice = slice(0)):
     width = x.shape[-1]
     dense = lambda n, name: mixed.Dense(n, kernel_init=_dense_init, dtype=self.dtype, name=name)
-    x = nn.Dropout(self.dropout_rate)(_gelu(dense(self.hidden, 'fc1')(x)), deterministic)
-    return dense(width, 'fc2')(x)
+    h = _gelu(dense(self.hidden, 'fc1')(x))
+    if neuron_mask is not None:   # Jiang et al. 2025: move these neurons into the added tokens
+      peak = h.max(axis=1, keepdims=True)
+      h = jnp.where(neuron_mask, 0, h)
+      h = h.at[:, moved_to].set(jnp.where(neuron_mask, peak, h[:, moved_to]))
+    x = nn.Dropout(self.dropout_rate)(h, deterministic)
+    return dense(width, 'fc2')(x), h
 
 
 class Block(nn.Module):
@@ -172,15 +184,18 @@ class Block(nn.Module):
     return DropPath(self.drop_path_rate)(y, deterministic)
 
   @nn.compact
-  def __call__(self, x, deterministic: bool, capture: bool):
+  def __call__(self, x, deterministic: bool, capture: bool, neuron_mask=None,
+               moved_to: slice = slice(0)):
     norm = lambda name: nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name=name)
     y, aux = Attention(self.num_heads, self.qkv_bias, self.gate,
                        self.attention_dropout_rate, self.dtype, self.attention_impl,
                        self.qkv_init, name='attn')(
                            norm('norm1')(x), deterministic, capture)
     x = x + self._branch(y, 'attn', deterministic)
-    y = Mlp(int(x.shape[-1] * self.mlp_ratio), self.dropout_rate, self.dtype,
-            name='mlp')(norm('norm2')(x), deterministic)
+    y, hidden = Mlp(int(x.shape[-1] * self.mlp_ratio), self.dropout_rate, self.dtype,
+                    name='mlp')(norm('norm2')(x), deterministic, neuron_mask, moved_to)
+    if capture:
+      aux['mlp'] = hidden
     x = x + self._branch(y, 'mlp', deterministic)
     return x, aux
 
@@ -226,9 +241,11 @@ class TokenLayout:
     return 'register' if index < self.num_special + self.num_registers else 'patch'
 
 
-def token_layout(model) -> TokenLayout:
-  """The layout of a ViT, from the module or from config.model (same field names)."""
-  return TokenLayout(2 if model.distillation else 1, model.num_registers,
+def token_layout(model, test_time_registers: int = 0) -> TokenLayout:
+  """The layout of a ViT, from the module or from config.model (same field names);
+  test-time registers count as registers (they sit right after the trained ones)."""
+  return TokenLayout(2 if model.distillation else 1,
+                     model.num_registers + test_time_registers,
                      (model.image_size // model.patch_size) ** 2)
 
 
@@ -279,7 +296,8 @@ class ViT(nn.Module):
       raise ValueError(f'model.svd_tap_layers has {bad}; layers are 1..{self.depth}')
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False, capture: bool = False):
+  def __call__(self, images, *, train: bool = False, capture: bool = False,
+               test_time_registers: int = 0, neuron_mask=None):
     self._check()
     deterministic = not train
     b = images.shape[0]
@@ -290,7 +308,7 @@ class ViT(nn.Module):
                 dtype=self.dtype, name='patch_embed')(images.astype(self.dtype))
     x = x.reshape(b, -1, self.width)
     n_patches = x.shape[1]
-    lay = token_layout(self)
+    lay = token_layout(self, test_time_registers)
     n_special = lay.num_special
 
     special = [token('cls', 1)]
@@ -307,19 +325,30 @@ class ViT(nn.Module):
       reg = jnp.broadcast_to(token('registers', self.num_registers, 'register'),
                              (b, self.num_registers, self.width)).astype(x.dtype)
       x = jnp.concatenate([x[:, :n_special], reg, x[:, n_special:]], axis=1)
+    if test_time_registers:
+      extra = jnp.zeros((b, test_time_registers, self.width), x.dtype)
+      at = n_special + self.num_registers
+      x = jnp.concatenate([x[:, :at], extra, x[:, at:]], axis=1)
+    if neuron_mask is not None and not test_time_registers:
+      raise ValueError('neuron_mask moves neurons into test-time registers; '
+                       'pass test_time_registers >= 1 with it')
+    moved_to = slice(n_special + self.num_registers, lay.patches.start)
     x = nn.Dropout(self.dropout_rate)(x, deterministic)
     first_patch = lay.patches.start
 
-    out = {'blocks': [], 'attn': [], 'gates': []} if capture else {}
+    out = {'embed': x, 'blocks': [], 'attn': [], 'gates': [], 'mlp': []} if capture else {}
     svd_feats = []
     for i, rate in enumerate(drop_path_rates(self.drop_path_rate, self.depth)):
       x, aux = Block(self.num_heads, self.mlp_ratio, self.qkv_bias, self.gate,
                      self.layerscale_init, rate, self.dropout_rate,
                      self.attention_dropout_rate, self.layer_norm_eps, self.dtype,
                      self.attention_impl, inits['qkv'],
-                     name=f'block_{i}')(x, deterministic, capture)
+                     name=f'block_{i}')(
+                         x, deterministic, capture,
+                         None if neuron_mask is None else neuron_mask[i], moved_to)
       if capture:
         out['blocks'].append(x)
+        out['mlp'].append(aux['mlp'])
         out['attn'].append(aux['attn'])
         if 'gate' in aux:
           out['gates'].append(aux['gate'])
