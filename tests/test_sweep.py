@@ -131,13 +131,17 @@ def test_scoreboard_mean_and_sample_std_over_seeds_match_numpy(tmp_path):
                 'set': {}}
       _workdir(root, f'optim.lr={lr}__seed={seed}', accs, record=record)
       curves.setdefault(lr, []).append(accs)
+  # A run still going (4 of its 10 epochs) is named, not counted.
+  _workdir(root, 'optim.lr=1e-3__seed=9', [99.0] * 4, config={'seed': 9, 'total_epochs': 10},
+           record={'config': 'configs/register.py:quick', 'seed': 9,
+                   'grid': {'optim.lr': '1e-3'}, 'set': {}})
   # Outside a sweep: config.json decides (the same but for the seed => one variant).
   other = str(tmp_path / 'other')
   for seed in (0, 1):
     _workdir(other, f'gated_seed{seed}', [20.0 + seed, 30.0 + 3 * seed],
              config={'seed': seed, 'model': {'gate': 'g1'}})
 
-  rows = [scoreboard.row(w) for w in scoreboard.workdirs([root, other])]
+  rows = [scoreboard.row(w, n) for w, n in scoreboard.workdirs([root, other])]
   groups = scoreboard.over_seeds(rows)
   assert [(g['variant'], g['n']) for g in groups] == [
       ('configs/register.py:quick optim.lr=1e-3', 3), ('configs/register.py:quick optim.lr=2e-3', 2),
@@ -152,6 +156,7 @@ def test_scoreboard_mean_and_sample_std_over_seeds_match_numpy(tmp_path):
       np.testing.assert_allclose(g['final_val_acc1_std'], np.std(final, ddof=1), rtol=1e-12)
     else:
       assert g['best_val_acc1_std'] is None   # one seed: no spread
+  assert groups[0]['unfinished'] == ['optim.lr=1e-3__seed=9'] and groups[1]['unfinished'] == []
   gated = groups[-1]
   assert gated['best_val_acc1_mean'] == 31.5 and gated['best_val_acc1_std'] == pytest.approx(
       np.sqrt(4.5))   # best of [20, 30] and [21, 33]: 30 and 33
@@ -164,4 +169,5 @@ def test_scoreboard_mean_and_sample_std_over_seeds_match_numpy(tmp_path):
           f"{g['best_val_acc1_std']:.2f} |") in text
   assert '| configs/register.py:quick optim.lr=4e-3 | 1 |' in text and '(one seed)' in text
   saved = json.load(open(str(tmp_path / 'board.json')))
-  assert len(saved['runs']) == 6 and saved['over_seeds'][1]['n'] == 2
+  assert len(saved['runs']) == 7 and saved['over_seeds'][1]['n'] == 2
+  assert '| optim.lr=1e-3__seed=9 |' in text   # the per-run table names runs by their path

@@ -222,6 +222,9 @@ def main(argv=None) -> int:
     parser.error('--dry-run goes with --slurm')
   if args.slurm and not os.path.isfile(args.slurm):
     parser.error(f'--slurm script {args.slurm!r} not found')
+  if args.slurm and ',' in args.config + args.root:   # sbatch --export splits at commas
+    parser.error(f'with --slurm, --config and --root cannot hold a comma ({args.config!r}, '
+                 f'{args.root!r})')
   # The runs get this environment; the checks here stay off the accelerators they use.
   env = dict(os.environ)
   os.environ['JAX_PLATFORMS'] = 'cpu'

@@ -36,14 +36,19 @@ def _param_count(workdir: str) -> int:
   return sum(math.prod(s) for s in shapes.values())
 
 
-def row(workdir: str) -> dict:
+def row(workdir: str, name: str | None = None) -> dict:
   """The scoreboard numbers of one workdir; a one-line error if it has no metrics."""
   rows = metrics_io.read(os.path.join(workdir, 'metrics.csv'))
   if not rows:
     raise FileNotFoundError(f'{workdir!r} has no metrics.csv rows; expected a training workdir')
   best = max(rows, key=lambda r: float(r['val_acc1']))
   speeds = sorted(float(r['images_per_s']) for r in rows)
-  out = {'run': os.path.basename(os.path.normpath(workdir)), 'workdir': workdir,
+  total = None
+  if os.path.exists(os.path.join(workdir, 'config.json')):
+    with open(os.path.join(workdir, 'config.json')) as f:
+      total = json.load(f).get('total_epochs')
+  out = {'run': name or os.path.basename(os.path.normpath(workdir)), 'workdir': workdir,
+         'total_epochs': total,
          'best_val_acc1': float(best['val_acc1']), 'best_epoch': int(best['epoch']),
          'epochs': int(rows[-1]['epoch']), 'final_val_acc1': float(rows[-1]['val_acc1']),
          'params': _param_count(workdir), 'images_per_s': speeds[len(speeds) // 2],
@@ -60,18 +65,19 @@ def row(workdir: str) -> dict:
   return out
 
 
-def workdirs(paths: list[str]) -> list[str]:
-  """Each path that holds metrics.csv, or else every such folder below it (sorted)."""
+def workdirs(paths: list[str]) -> list[tuple[str, str]]:
+  """(workdir, name) of each path that holds metrics.csv (named by its folder), or else of
+  every such folder below it (sorted, named by their path under it)."""
   found = []
   for path in paths:
     if os.path.exists(os.path.join(path, 'metrics.csv')):
-      found.append(path)
+      found.append((path, os.path.basename(os.path.normpath(path))))
       continue
     below = sorted(root for root, _, files in os.walk(path) if 'metrics.csv' in files)
     if not below:
       raise FileNotFoundError(f'{path!r} has no metrics.csv, nor any folder below it; '
                               'expected a training workdir or a sweep\'s --root')
-    found += below
+    found += [(w, os.path.relpath(w, path)) for w in below]
   return found
 
 
@@ -101,16 +107,23 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
 
 
 def over_seeds(rows: list[dict]) -> list[dict]:
-  """One entry per variant (runs that differ only in the seed), in first-seen order."""
+  """One entry per variant (runs that differ only in the seed), in first-seen order; a run
+  that has not reached its config's total_epochs is left out of the numbers and named."""
   groups = {}
   for r in rows:
     key, name = variant(r['workdir'])
     groups.setdefault(key, (name, []))[1].append(r)
   out = []
-  for name, runs in groups.values():
+  for name, all_runs in groups.values():
+    runs = [r for r in all_runs if r['total_epochs'] is None or r['epochs'] >= r['total_epochs']]
+    unfinished = [r['run'] for r in all_runs if r not in runs]
+    if not runs:
+      out.append({'variant': name, 'n': 0, 'runs': [], 'unfinished': unfinished})
+      continue
     best_mean, best_std = _mean_std([r['best_val_acc1'] for r in runs])
     final_mean, final_std = _mean_std([r['final_val_acc1'] for r in runs])
     out.append({'variant': name, 'n': len(runs), 'runs': [r['run'] for r in runs],
+                'unfinished': unfinished,
                 'best_val_acc1_mean': best_mean, 'best_val_acc1_std': best_std,
                 'final_val_acc1_mean': final_mean, 'final_val_acc1_std': final_std,
                 'epochs': sorted({r['epochs'] for r in runs}), 'params': runs[0]['params'],
@@ -123,15 +136,19 @@ def _pm(mean, std):
 
 
 def seeds_markdown(groups: list[dict]) -> str:
-  lines = ['Over seeds (mean ± sample standard deviation, ddof=1, over the n seeds):', '',
-           '| variant | n | best val top-1 (%) | final val top-1 (%) | epochs | params '
-           '| images/s (median run) |', '|---|---|---|---|---|---|---|']
+  lines = ['Over seeds (mean ± sample standard deviation, ddof=1, over the n finished seeds):',
+           '', '| variant | n | best val top-1 (%) | final val top-1 (%) | epochs | params '
+           '| images/s (median run) | unfinished, left out |', '|---|---|---|---|---|---|---|---|']
   for g in groups:
+    left_out = ', '.join(g['unfinished']) or '-'
+    if not g['n']:
+      lines.append(f"| {g['variant']} | 0 | - | - | - | - | - | {left_out} |")
+      continue
     lines.append(f"| {g['variant']} | {g['n']} "
                  f"| {_pm(g['best_val_acc1_mean'], g['best_val_acc1_std'])} "
                  f"| {_pm(g['final_val_acc1_mean'], g['final_val_acc1_std'])} "
                  f"| {', '.join(map(str, g['epochs']))} | {g['params']:,} "
-                 f"| {g['images_per_s_median']:.0f} |")
+                 f"| {g['images_per_s_median']:.0f} | {left_out} |")
   return '\n'.join(lines) + '\n'
 
 
@@ -171,12 +188,12 @@ def main(argv=None):
   if missing:
     sys.exit(f'error: workdir {missing[0]!r} does not exist')
   try:
-    rows = [row(w) for w in workdirs(args.workdirs)]
+    rows = [row(w, name) for w, name in workdirs(args.workdirs)]
     groups = over_seeds(rows)
   except FileNotFoundError as e:
     sys.exit(f'error: {e}')
   table = markdown(rows)
-  if any(g['n'] > 1 for g in groups):
+  if len(groups) < len(rows):
     table = seeds_markdown(groups) + '\nPer run:\n\n' + table
   print(table)
   if args.out:
