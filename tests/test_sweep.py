@@ -71,6 +71,28 @@ def test_slurm_dry_run_prints_one_sbatch_per_run_and_writes_nothing(tmp_path, ca
         f'--config.optim.lr={lr}', f'--config.seed={seed}']
 
 
+def test_slurm_submits_each_run_with_the_callers_environment(tmp_path, capsys, monkeypatch):
+  """A stand-in sbatch on PATH records what it is given: the overrides, and JAX_PLATFORMS
+  as the caller had it (the sweep's own checks run on the CPU; the jobs must not)."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  log = tmp_path / 'sbatch.log'
+  sbatch = bin_dir / 'sbatch'
+  sbatch.write_text(f'#!/bin/sh\necho "JAX_PLATFORMS=${{JAX_PLATFORMS:-unset}} $*" >> {log}\n'
+                    'echo "Submitted batch job 42"\n')
+  sbatch.chmod(0o755)
+  monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda')
+  root = str(tmp_path / 'sweep')
+  assert sweep.main(['--config', 'configs/vanilla.py:quick', '--seeds', '3', '--root', root,
+                     '--slurm', 'launch/slurm.sbatch']) == 0
+  line, = log.read_text().splitlines()
+  assert line.startswith('JAX_PLATFORMS=cuda ') and line.endswith(
+      'launch/slurm.sbatch --config.seed=3'), line
+  assert 'seed=3: Submitted batch job 42' in capsys.readouterr().out
+  assert json.load(open(os.path.join(root, 'seed=3', 'sweep.json')))['seed'] == 3
+
+
 @pytest.mark.parametrize('args, message', [
     (['--grid', 'optim.lrr=1e-3,2e-3'], "unknown config key 'optim.lrr'"),
     (['--grid', 'model.depth=2,two'], "invalid literal for int() with base 10: 'two'"),

@@ -185,7 +185,7 @@ def run_local(args, runs, env) -> list[str]:
   return failed
 
 
-def run_slurm(args, runs) -> list[str]:
+def run_slurm(args, runs, env) -> list[str]:
   failed = []
   for run in runs:
     if run['finished']:
@@ -197,7 +197,7 @@ def run_slurm(args, runs) -> list[str]:
       continue
     os.makedirs(run['workdir'], exist_ok=True)
     write_json(os.path.join(run['workdir'], SWEEP_FILE), run['record'])
-    proc = subprocess.run(command, capture_output=True, text=True)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
     print(f'{run["name"]}: {(proc.stdout or proc.stderr).strip()}', flush=True)
     if proc.returncode:
       failed.append(run['name'])
@@ -225,7 +225,8 @@ def main(argv=None) -> int:
   if args.slurm and ',' in args.config + args.root:   # sbatch --export splits at commas
     parser.error(f'with --slurm, --config and --root cannot hold a comma ({args.config!r}, '
                  f'{args.root!r})')
-  # The runs get this environment; the checks here stay off the accelerators they use.
+  # The runs (and sbatch, whose --export=ALL passes it on) get this environment; the
+  # checks here stay off the accelerators the runs use.
   env = dict(os.environ)
   os.environ['JAX_PLATFORMS'] = 'cpu'
   try:
@@ -233,9 +234,12 @@ def main(argv=None) -> int:
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     return 2
+  finally:
+    os.environ.clear()
+    os.environ.update(env)
   todo = sum(not r['finished'] for r in runs)
   print(f'sweep: {len(runs)} runs under {args.root}, {len(runs) - todo} finished', flush=True)
-  failed = run_slurm(args, runs) if args.slurm else run_local(args, runs, env)
+  failed = run_slurm(args, runs, env) if args.slurm else run_local(args, runs, env)
   if failed:
     print(f'sweep: {len(failed)} of {len(runs)} runs failed: {", ".join(failed)}',
           file=sys.stderr, flush=True)
