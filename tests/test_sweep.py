@@ -94,7 +94,10 @@ def test_slurm_submits_each_run_with_the_callers_environment(tmp_path, capsys, m
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--grid', 'optim.lrr=1e-3,2e-3'], "unknown config key 'optim.lrr'"),
+    (['--grid', 'optim.lrr=1e-3,2e-3'], "unknown config key 'optim.lrr' in configs/vanilla.py:"
+                                        "quick: optim has no 'lrr'; did you mean 'optim.lr'?"),
+    (['--set', 'modle.depth=2'], "unknown config key 'modle.depth' in configs/vanilla.py:quick: "
+                                 "the config has no 'modle'; did you mean 'model'?"),
     (['--grid', 'model.depth=2,two'], "invalid literal for int() with base 10: 'two'"),
     (['--grid', 'model.gate=g1,g9'], "model.gate='g9' is not one of ('none', 'g1', 'g2')"),
     (['--grid', 'optim.lr='], '--grid optim.lr=\'\' needs comma-separated values'),

@@ -104,6 +104,22 @@ def build_config(config_arg: str, overrides: dict):
   return values.config
 
 
+def check_keys(config, config_arg: str, keys) -> None:
+  """Each --grid / --set key names a field of the config; else one line with the nearest."""
+  import difflib
+  for key in keys:
+    node, path = config, []
+    for part in key.split('.'):
+      fields = list(node.keys()) if hasattr(node, 'keys') else []
+      if part not in fields:
+        near = difflib.get_close_matches(part, fields, n=1)
+        where = '.'.join(path) or 'the config'
+        raise ValueError(f'unknown config key {key!r} in {config_arg}: {where} has no '
+                         f'{part!r}' + (f'; did you mean {".".join(path + near)!r}?' if near
+                                        else ''))
+      node, path = node[part], path + [part]
+
+
 def is_finished(workdir: str, total_epochs: int) -> bool:
   from vit_jax.train import metrics_io
   rows = metrics_io.read(os.path.join(workdir, 'metrics.csv'))
@@ -126,6 +142,12 @@ def plan(args) -> list[dict]:
   clash = sorted(set(grid) & set(fixed))
   if clash:
     raise ValueError(f'{clash[0]!r} is in both --grid and --set')
+  check_keys(build_config(args.config, {}), args.config, list(grid) + list(fixed))
+  names = [run_name(p) for p in points(seeds, grid)]
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise ValueError(f'two grid points would share the workdir {twice[0]!r} (their values '
+                     f'differ only in {os.sep!r}, which names turn into _)')
   runs = []
   for point in points(seeds, grid):
     overrides = {**fixed, **point}
