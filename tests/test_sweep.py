@@ -39,7 +39,8 @@ def test_a_sweep_runs_each_point_once_and_a_rerun_skips_them(tmp_path):
     assert record == {'config': 'configs/vanilla.py:quick', 'seed': seed,
                       'grid': {'optim.lr': lr}, 'set': dict(a.split('=') for a in TINY[1::2])}
     config = json.load(open(os.path.join(workdir, 'config.json')))   # what the run used
-    assert (config['seed'], config['optim']['lr'], config['model']['width']) == (seed, float(lr), 32)
+    assert (config['seed'], config['optim']['lr'], config['model']['width']) == (
+        seed, float(lr), 32)
     assert [r['epoch'] for r in metrics_io.read(os.path.join(workdir, 'metrics.csv'))] == ['1']
   logs = {n: os.path.getmtime(os.path.join(root, n, 'train.log')) for n in NAMES}
 
@@ -169,7 +170,8 @@ def test_scoreboard_mean_and_sample_std_over_seeds_match_numpy(tmp_path):
   rows = [scoreboard.row(w, n) for w, n in scoreboard.workdirs([root, other])]
   groups = scoreboard.over_seeds(rows)
   assert [(g['variant'], g['n']) for g in groups] == [
-      ('configs/register.py:quick optim.lr=1e-3', 3), ('configs/register.py:quick optim.lr=2e-3', 2),
+      ('configs/register.py:quick optim.lr=1e-3', 3),
+      ('configs/register.py:quick optim.lr=2e-3', 2),
       ('configs/register.py:quick optim.lr=4e-3', 1), ('gated', 2)]
   for g, lr in zip(groups, ('1e-3', '2e-3', '4e-3')):
     best = np.max(curves[lr], axis=1)
