@@ -183,7 +183,7 @@ def test_scoreboard_mean_and_sample_std_over_seeds_match_numpy(tmp_path):
       np.testing.assert_allclose(g['final_val_acc1_std'], np.std(final, ddof=1), rtol=1e-12)
     else:
       assert g['best_val_acc1_std'] is None   # one seed: no spread
-  assert groups[0]['unfinished'] == ['optim.lr=1e-3__seed=9'] and groups[1]['unfinished'] == []
+  assert groups[0]['unfinished'] == ['sweep/optim.lr=1e-3__seed=9'] and not groups[1]['unfinished']
   gated = groups[-1]
   assert gated['best_val_acc1_mean'] == 31.5 and gated['best_val_acc1_std'] == pytest.approx(
       np.sqrt(4.5))   # best of [20, 30] and [21, 33]: 30 and 33
@@ -197,4 +197,4 @@ def test_scoreboard_mean_and_sample_std_over_seeds_match_numpy(tmp_path):
   assert '| configs/register.py:quick optim.lr=4e-3 | 1 |' in text and '(one seed)' in text
   saved = json.load(open(str(tmp_path / 'board.json')))
   assert len(saved['runs']) == 7 and saved['over_seeds'][1]['n'] == 2
-  assert '| optim.lr=1e-3__seed=9 |' in text   # the per-run table names runs by their path
+  assert '| sweep/optim.lr=1e-3__seed=9 |' in text   # per run: named by its path

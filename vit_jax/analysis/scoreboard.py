@@ -67,7 +67,8 @@ def row(workdir: str, name: str | None = None) -> dict:
 
 def workdirs(paths: list[str]) -> list[tuple[str, str]]:
   """(workdir, name) of each path that holds metrics.csv (named by its folder), or else of
-  every such folder below it (sorted, named by their path under it)."""
+  every such folder below it (sorted, named by their path from the given folder's name
+  on: runs/sweep/seed=0 given runs/sweep is 'sweep/seed=0')."""
   found = []
   for path in paths:
     if os.path.exists(os.path.join(path, 'metrics.csv')):
@@ -77,7 +78,8 @@ def workdirs(paths: list[str]) -> list[tuple[str, str]]:
     if not below:
       raise FileNotFoundError(f'{path!r} has no metrics.csv, nor any folder below it; '
                               'expected a training workdir or a sweep\'s --root')
-    found += [(w, os.path.relpath(w, path)) for w in below]
+    parent = os.path.dirname(os.path.normpath(path))
+    found += [(w, os.path.relpath(w, parent or '.')) for w in below]
   return found
 
 
