@@ -11,7 +11,7 @@ from vit_jax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.check_arg(arg, 'configs/teacher_resnet.py')
+  arg = config_lib.check_arg(arg, 'configs/teacher_resnet.py', config_lib.IN1K_ARGS)
   quick = arg == 'quick'
   c = config_lib.base()
   c.total_epochs = 100              # ours
@@ -27,6 +27,8 @@ def get_config(arg=None):
   o.warmup_epochs = 5.0             # ours
   o.schedule_unit = 'step'          # ours: cosine per update
   c.loss.label_smoothing = 0.1      # ours
+  if arg == 'in1k':                 # the students' ImageNet-1k (deit_distill.py:in1k)
+    c.dataset.update(name='imagenet2012', num_classes=1000)
   if quick:
     config_lib.digits(c)
     c.total_epochs = 20

@@ -256,7 +256,7 @@ def test_scoreboard_cli_writes_markdown_and_json(tmp_path, capsys):
   out = str(tmp_path / 'board' / 'scores.md')
   scoreboard.main(['--out', out, a])
   assert '| base | 30.00% | 2 | 2 |' in open(out).read()
-  assert json.load(open(str(tmp_path / 'board' / 'scores.json')))[0]['best_epoch'] == 2
+  assert json.load(open(str(tmp_path / 'board' / 'scores.json')))['runs'][0]['best_epoch'] == 2
   assert '| base | 30.00% |' in capsys.readouterr().out
   with pytest.raises(SystemExit, match="error: workdir '.*nope' does not exist"):
     scoreboard.main([a, str(tmp_path / 'nope')])

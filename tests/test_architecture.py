@@ -40,6 +40,7 @@ ALLOWED = {
     'export': {'exits', 'models', 'train.checkpoint'},
     'main': {'*'},
     'preflight': {'*'},
+    'sweep': {'*'},               # an entry point: builds and checks configs as main does
 }
 
 

@@ -10,6 +10,9 @@ from vit_jax import models
 from vit_jax import preflight
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
+# The configs with an `:in1k` argument (their recipe at its published ImageNet-1k size).
+IN1K = {'vanilla.py', 'register.py', 'sdpa_gated.py', 'value_gated.py', 'deit_distill.py',
+        'teacher_resnet.py'}
 
 
 def load(path):
@@ -44,3 +47,15 @@ def test_config_loads_and_checks(path, tmp_path):
       preflight.check(quick, str(tmp_path / 'run'))
   with pytest.raises(ValueError, match="unknown config argument 'full'"):
     module.get_config('full')
+  if os.path.basename(path) not in IN1K:
+    with pytest.raises(ValueError, match="unknown config argument 'in1k'"):
+      module.get_config('in1k')
+    return
+  in1k = module.get_config('in1k')           # ImageNet-1k: here only its checks
+  preflight.check_ranges(in1k)
+  models.build_model(in1k.model, in1k.dataset.num_classes, in1k.dtype)
+  assert (in1k.dataset.name, in1k.dataset.num_classes) == ('imagenet2012', 1000)
+  in1k.dataset.data_dir = str(tmp_path / 'tfds')
+  if in1k.teacher.kind == 'none':          # not prepared here: the one line naming the tars
+    with pytest.raises(FileNotFoundError, match='put ILSVRC2012_img_train.tar and '):
+      preflight.check(in1k, str(tmp_path / 'run_in1k'))

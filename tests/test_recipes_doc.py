@@ -77,6 +77,20 @@ def test_every_recipe_field_is_documented_with_the_config_value(rows, name):
     assert get(config, field) == value, (name, field, get(config, field), value)
 
 
+IN1K_CONFIGS = ('vanilla', 'register', 'sdpa_gated', 'value_gated', 'deit_distill')
+
+
+@pytest.mark.parametrize('name', IN1K_CONFIGS)
+def test_in1k_rows_are_every_change_from_the_default(rows, name):
+  """The `:in1k` table of a recipe lists exactly the fields where :in1k differs from it."""
+  default, in1k = config_lib.load(name), config_lib.load(name, 'in1k')
+  doc = rows[(PARENT.get(name, name), 'in1k')]
+  changed = {f for f in recipe_fields(in1k) if get(in1k, f) != get(default, f)}
+  assert set(doc) == changed, (name, sorted(set(doc) ^ changed))
+  for field, value in doc.items():
+    assert get(in1k, field) == value, (name, field, get(in1k, field), value)
+
+
 @pytest.mark.parametrize('arg', ['', 'seed'])
 def test_crystallize_rows(rows, arg):
   config = config_lib.load('crystallize_gpt2', arg)

@@ -4,7 +4,8 @@ Each study's recipe lives in its config file, one commented value per line namin
 its source; `base()` only declares every field (its defaults are neutral: no
 augmentation, no regularisation) and the infrastructure (checkpoints, probes,
 processes). `quick` shrinks any recipe to the embedded default: scikit-learn's
-digits, a small model of the same variant, minutes on a CPU.
+digits, a small model of the same variant, minutes on a CPU; `in1k` (the study
+configs) gives the recipe's published ImageNet-1k run.
 """
 import importlib.util
 import os
@@ -12,6 +13,8 @@ import os
 import ml_collections
 
 ARGS = ('', 'quick')
+# The study configs also take 'in1k': their recipe at its published size, on ImageNet-1k.
+IN1K_ARGS = ARGS + ('in1k',)
 # Where compiled programs are kept between runs (JAX's persistent compilation cache).
 COMPILATION_CACHE_DIR = '~/.cache/vit_jax/xla'
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
@@ -81,7 +84,7 @@ def base() -> ml_collections.ConfigDict:
       init_timeout_s=300.0))      # start-up that takes longer stops with an error
 
   c.dataset = ml_collections.ConfigDict(dict(
-      name='cifar100',            # digits | cifar10 | cifar100 | imagenet100
+      name='cifar100',            # digits | cifar10 | cifar100 | imagenet100 | imagenet2012
       data_dir='',                # tfds data_dir ('' = tfds default) or ImageFolder root
       image_size=32, num_classes=100,
       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),   # Normalize after ToTensor

@@ -15,6 +15,8 @@ class Dataset:
   # evaluation a centre crop (dataset.eval_crop_ratio); otherwise they come at that size.
   any_size: bool = False
   tfds_splits: tuple = (('train', 'train'), ('val', 'test'))   # ours -> the tfds split
+  # Files tfds cannot download, which its preparation reads from <data_dir>/downloads/manual.
+  manual_files: tuple = ()
 
 
 # dataset.name -> Dataset: the one table of data sets (a new one is a line here).
@@ -23,6 +25,11 @@ DATASETS = {
     'cifar10': Dataset('tfds'),
     'cifar100': Dataset('tfds'),
     'imagenet100': Dataset('folder', any_size=True),   # data/prepare_imagenet100.py
+    # ImageNet-1k (ILSVRC 2012): 1,281,167 training and 50,000 validation images, tfds'
+    # `imagenet2012` prepared as array_record from the two tars of image-net.org.
+    'imagenet2012': Dataset('tfds', any_size=True,
+                            tfds_splits=(('train', 'train'), ('val', 'validation')),
+                            manual_files=('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')),
 }
 
 
@@ -90,6 +97,13 @@ def check_tfds_prepared(name: str, data_dir: str) -> None:
   prepared = [v for v in versions
               if os.path.exists(os.path.join(builder_dir, v, 'dataset_info.json'))]
   if not prepared:
+    manual = DATASETS[name].manual_files if name in DATASETS else ()
+    if manual:
+      raise FileNotFoundError(
+          f'dataset {name!r} is not prepared in {root}; tfds cannot download it: put '
+          f'{" and ".join(manual)} (from image-net.org) in '
+          f'{os.path.join(root, "downloads", "manual")}, then prepare it with: '
+          f'{prepare_command(name, data_dir)}')
     raise FileNotFoundError(
         f'dataset {name!r} is not prepared in {root}; prepare it where there is internet '
         f'with: {prepare_command(name, data_dir)}')
