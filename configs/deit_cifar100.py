@@ -70,4 +70,5 @@ def get_config(arg=None):
 
   c.loss.name = 'softmax_xent'      # seed 000: F.cross_entropy on the labels
   c.loss.label_smoothing = 0.0      # seed 000
+  c.ema.decay = 0.0                 # seed 000: no EMA of the weights
   return config_lib.quick(c) if arg == 'quick' else c

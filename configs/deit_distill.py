@@ -95,6 +95,10 @@ def get_config(arg=None):
   c.loss.name = 'softmax_xent'      # DeiT: SoftTargetCrossEntropy on the mixed targets
   c.loss.label_smoothing = 0.1      # DeiT --smoothing 0.1, applied by Mixup (seed 001 too)
 
+  c.ema.decay = 0.99996             # DeiT main.py: --model-ema on by default, decay 0.99996
+                                    # (kept and saved there, not evaluated; we evaluate it too)
+  c.ema.warmup = False              # DeiT: timm's ModelEma has a constant decay
+
   t = c.teacher
   t.kind = 'hard'                   # DeiT --distillation-type hard, the paper's best
   t.alpha = 0.5                     # DeiT --distillation-alpha 0.5

@@ -84,6 +84,10 @@ def get_config(arg=None):
                                     # value; with binarised targets any smoothing makes all 1)
   c.loss.bce_target_threshold = 0.0  # DeiT-III engine.py: targets.gt(0.0) after mixing
 
+  c.ema.decay = 0.99996             # DeiT-III main.py: --model-ema on by default, decay 0.99996
+                                    # (kept and saved there, not evaluated; we evaluate it too)
+  c.ema.warmup = False              # DeiT-III: timm's ModelEma has a constant decay
+
   if arg == 'in1k':                 # DeiT-III's ViT-S run on ImageNet-1k (README_revenge.md)
     c.dataset.name = 'imagenet2012'  # DeiT-III --data-path imagenet; tfds, as array_record
     c.dataset.num_classes = 1000    # DeiT-III --nb-classes 1000

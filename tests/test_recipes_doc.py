@@ -14,7 +14,7 @@ DOC = os.path.join(REPO, 'docs', 'recipes.md')
 # attention kernel, the teacher's checkpoint path (and its model, a ConfigDict of its own).
 NOT_RECIPE = {'dataset.data_dir', 'dataset.workers', 'model.attention_impl',
               'teacher.checkpoint', 'teacher.model'}
-RECIPE_SECTIONS = ('dataset', 'augment', 'model', 'optim', 'loss', 'teacher')
+RECIPE_SECTIONS = ('dataset', 'augment', 'model', 'optim', 'loss', 'teacher', 'ema')
 # Config files whose recipe is another's plus the rows of their own (variant tables).
 PARENT = {'register': 'vanilla', 'sdpa_gated': 'vanilla', 'value_gated': 'vanilla',
           'deit_svd_cifar100': 'deit_cifar100'}
