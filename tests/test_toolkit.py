@@ -61,6 +61,13 @@ def test_near_uniform_attention_has_no_sink_and_a_planted_one_does():
   planted[0, 1, :, 3] = 0.8
   row, = stats.attention_stats([planted], lay, epsilon=0.3, factor=5.0)
   assert row['sink_kind'] == 'register' and row['sink_index'] == 3
+  assert row['sink_images'] == 1.0
+  # the sink in one image of four is not the layer's sink; in two of four it is
+  one_of_four = np.concatenate([planted] + [near] * 3)
+  row, = stats.attention_stats([one_of_four], lay, epsilon=0.3, factor=5.0)
+  assert row['sink_kind'] == 'none' and row['sink_images'] == 0.25
+  row, = stats.attention_stats([np.concatenate([planted] * 2 + [near] * 2)], lay)
+  assert row['sink_kind'] == 'register' and row['sink_images'] == 0.5
   # two layers x two heads, one of the four pairs has a register sink
   assert attention.sink_rate([near, planted], lay, 0.3) == {
       'cls': 0.0, 'register': 0.25, 'patch': 0.0, 'any': 0.25}

@@ -260,8 +260,9 @@ def report(summary: dict) -> str:
                  f"{r['max_over_median']:.2f} | {r['sink_share']:.3f} | {r['sink_kind']} | "
                  f"{r['cls_share']:.3f} | {r['register_share']:.3f} | {r['act_max_abs']:.1f} |" + gate)
   lines += ['', 'A sink is a token whose attention, averaged over heads and queries, exceeds '
-            'max(analysis.sink_epsilon, analysis.sink_factor / T); otherwise the sink column '
-            "says 'none'.", '']
+            'max(analysis.sink_epsilon, analysis.sink_factor / T); the sink column names '
+            "its kind when the layer has one in at least half of the images, and says 'none' "
+            'otherwise.', '']
   lines += _toolkit_report(summary)
   lines += ['', 'Plots: ' + ', '.join(f'[{p}]({p})' for p in summary['plots']), '']
   return '\n'.join(lines)

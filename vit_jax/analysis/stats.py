@@ -38,9 +38,11 @@ def attention_stats(attn: list[np.ndarray], lay: vit.TokenLayout, epsilon: float
   """Per layer, from (B, H, T, T) attention probabilities.
 
   sink_share: the attention mass (averaged over heads and queries) that the
-  single most-attended key of each image receives, averaged over images; sink
-  kind: which kind of token that key most often is among the images where it is a
-  sink by `is_sink`, 'none' when it is one in no image. cls_share /
+  single most-attended key of each image receives, averaged over images;
+  sink_images: the share of images whose most-attended key is a sink by `is_sink`;
+  sink_kind: which kind of token that key most often is among those images, when they
+  are at least half of the images ('none' otherwise: a sink in a few images is not
+  the layer's sink). cls_share /
   register_share: the mass on cls / on all registers. row_peak: the mean of
   each row's largest weight (1 = every query attends one key).
   """
@@ -50,9 +52,12 @@ def attention_stats(attn: list[np.ndarray], lay: vit.TokenLayout, epsilon: float
     received = a.mean(axis=(1, 2))                     # (B, T): mass each key receives
     sink = received.argmax(-1)
     real = is_sink(received.max(-1), a.shape[-1], epsilon, factor)
-    kinds = [lay.kind(int(i)) for i, r in zip(sink, real) if r] or ['none']
+    kinds = [lay.kind(int(i)) for i, r in zip(sink, real) if r]
+    if 2 * len(kinds) < len(sink):
+      kinds = ['none']
     rows.append({
         'sink_share': float(received.max(-1).mean()),
+        'sink_images': float(np.mean(real)),
         'sink_kind': max(sorted(set(kinds)), key=kinds.count),
         'sink_index': int(np.bincount(sink).argmax()),
         'cls_share': float(a[..., 0].mean()),
