@@ -64,12 +64,7 @@ def _config(source, **more):
   c = config_lib.load('vanilla', 'quick')
   c.init.source = source
   c.total_epochs = 1
-  for key, value in more.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(more)
   return c
 
 
