@@ -18,24 +18,6 @@ import sys
 from vit_jax import exits
 
 
-def step_dir(workdir: str, spec: str) -> str:
-  from vit_jax.train import checkpoint
-  folder = os.path.join(workdir, 'checkpoints')
-  steps = checkpoint.saved_steps(folder)
-  if not steps:
-    raise FileNotFoundError(f'workdir {workdir!r} has no checkpoint in checkpoints/')
-  if spec == 'latest':
-    step = steps[-1]
-  elif spec == 'best':
-    step = checkpoint.best_step(folder)
-  elif spec.isdigit() and int(spec) in steps:
-    step = int(spec)
-  else:
-    raise ValueError(f'--checkpoint={spec!r}: no such checkpoint in {folder}; saved: '
-                     f"{', '.join(map(str, steps))} (or 'latest', 'best')")
-  return os.path.join(folder, str(step))
-
-
 def export(workdir: str, out: str, spec: str = 'latest') -> str:
   """Every check first (config, checkpoint, exportability, its params' shapes), then the write."""
   import ml_collections
@@ -50,7 +32,8 @@ def export(workdir: str, out: str, spec: str = 'latest') -> str:
     config = ml_collections.ConfigDict(json.load(f))
   num_classes = int(config.dataset.num_classes)
   hub._exportable(config.model, num_classes)
-  where = step_dir(workdir, spec)
+  where = os.path.join(workdir, 'checkpoints',
+                       str(checkpoint.select_step(workdir, spec, '--checkpoint')))
   model = models.build_model(config.model, num_classes, 'float32')
   checkpoint.require_model(where, model, f'checkpoint {where!r} does not hold the model of '
                                          f'{path}')

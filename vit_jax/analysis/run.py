@@ -36,24 +36,6 @@ from vit_jax.train import checkpoint
 from vit_jax.train import metrics_io
 
 
-def select_epoch(workdir: str, spec: str) -> int:
-  """'latest', 'best' (highest val_acc1 in metrics.csv among saved epochs) or an epoch number."""
-  epochs = checkpoint.saved_steps(os.path.join(workdir, 'checkpoints'))
-  if not epochs:
-    raise FileNotFoundError(f'workdir {workdir!r} has no checkpoint in checkpoints/; '
-                            f'train it first (config.trainer=train)')
-  if spec == 'latest':
-    return epochs[-1]
-  if spec == 'best':
-    acc = {int(r['epoch']): float(r['val_acc1'])
-           for r in metrics_io.read(os.path.join(workdir, 'metrics.csv'))}
-    return max(epochs, key=lambda e: (acc.get(e, -1.0), e))
-  if not spec.isdigit() or int(spec) not in epochs:
-    raise ValueError(f'analysis.checkpoint={spec!r}: no such checkpoint in {workdir}/checkpoints; '
-                     f"saved epochs: {', '.join(map(str, epochs))} (or 'latest', 'best')")
-  return int(spec)
-
-
 def check(config, workdir: str) -> int | None:
   """Every bad input in one line before any model runs; returns the epoch to analyse
   (None for an imported model)."""
@@ -80,7 +62,7 @@ def check(config, workdir: str) -> int | None:
   if not metrics_io.read(os.path.join(workdir, 'metrics.csv')):
     raise FileNotFoundError(f'workdir {workdir!r} has no metrics.csv rows; analyze needs a '
                             f'workdir that finished at least one epoch')
-  epoch = select_epoch(workdir, config.analysis.checkpoint)
+  epoch = checkpoint.select_step(workdir, config.analysis.checkpoint, 'analysis.checkpoint')
   model = models.build_model(config.model, config.dataset.num_classes, 'float32')
   step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
   checkpoint.require_model(step_dir, model,

@@ -220,6 +220,26 @@ def best_step(folder: str) -> int | None:
   return steps[-1] if steps else None
 
 
+def select_step(workdir: str, spec, field: str) -> int:
+  """The saved epoch of workdir/checkpoints that `spec` names: 'latest', 'best'
+  (best_step) or an epoch number; one-line errors naming `field` (the analysis, the
+  evaluation and the export choose their checkpoint so)."""
+  folder = os.path.join(workdir, 'checkpoints')
+  steps = saved_steps(folder)
+  if not steps:
+    raise FileNotFoundError(f'workdir {workdir!r} has no checkpoint in checkpoints/; train it '
+                            'first (config.trainer=train)')
+  spec = str(spec)
+  if spec == 'latest':
+    return steps[-1]
+  if spec == 'best':
+    return best_step(folder)
+  if not spec.isdigit() or int(spec) not in steps:
+    raise ValueError(f'{field}={spec!r}: no such checkpoint in {folder}; saved epochs: '
+                     f"{', '.join(map(str, steps))} (or 'latest', 'best')")
+  return int(spec)
+
+
 def require_model(step_dir: str, model, what: str, advice: str = '') -> None:
   """The one check that a checkpoint holds the params `model` builds (a resumed workdir, a
   teacher, an analysed run): ValueError '<what>: <first difference>[; <advice>]'."""

@@ -32,23 +32,6 @@ from vit_jax.train import steps
 SPLITS = ('val', 'train')
 
 
-def select_epoch(workdir: str, spec: str) -> int:
-  """'latest', 'best' (the highest val_acc1 of the saved epochs) or a saved epoch number."""
-  folder = os.path.join(workdir, 'checkpoints')
-  epochs = checkpoint.saved_steps(folder)
-  if not epochs:
-    raise FileNotFoundError(f'workdir {workdir!r} has no checkpoint in checkpoints/; train it '
-                            'first (config.trainer=train)')
-  if spec == 'latest':
-    return epochs[-1]
-  if spec == 'best':
-    return checkpoint.best_step(folder)
-  if not str(spec).isdigit() or int(spec) not in epochs:
-    raise ValueError(f'evaluate.checkpoint={spec!r}: no such checkpoint in {folder}; saved '
-                     f"epochs: {', '.join(map(str, epochs))} (or 'latest', 'best')")
-  return int(spec)
-
-
 def check(config, workdir: str) -> int:
   """Every bad input in one line before any model runs; returns the epoch to evaluate."""
   e = config.evaluate
@@ -64,7 +47,7 @@ def check(config, workdir: str) -> int:
   except OSError as err:
     raise ValueError(f'workdir {workdir!r} is not writable ({err.strerror}); evaluate writes '
                      'its result there') from None
-  epoch = select_epoch(workdir, str(e.checkpoint))
+  epoch = checkpoint.select_step(workdir, e.checkpoint, 'evaluate.checkpoint')
   step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
   model = models.build_model(config.model, config.dataset.num_classes, 'float32')
   checkpoint.require_model(step_dir, model,
