@@ -10,7 +10,7 @@ from vit_jax.models import variants
 
 
 def get_config(arg=None):
-  arg = config_lib.check_arg(arg, 'configs/sdpa_gated.py', config_lib.IN1K_ARGS)
+  arg = config_lib.check_arg(arg, 'configs/sdpa_gated.py', config_lib.STUDY_ARGS)
   c = config_lib.load('vanilla', arg)
   variants.apply(c.model, 'sdpa_gated')   # vit_jax/models/variants.py: the change and its source
   return c

@@ -10,7 +10,8 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """How a data set is stored and how its images are cropped."""
-  storage: str                 # 'digits' (scikit-learn's, in memory) | 'tfds' | 'folder'
+  storage: str                 # 'digits' (scikit-learn's, in memory) | 'idx' (Fashion-MNIST's
+                               # files, in memory) | 'tfds' | 'folder'
   # Images of any size: training takes a RandomResizedCrop to dataset.image_size and
   # evaluation a centre crop (dataset.eval_crop_ratio); otherwise they come at that size.
   any_size: bool = False
@@ -22,6 +23,9 @@ class Dataset:
 # dataset.name -> Dataset: the one table of data sets (a new one is a line here).
 DATASETS = {
     'digits': Dataset('digits'),
+    # Fashion-MNIST: 60,000 / 10,000 grey 28x28 images, 10 classes; Debian's
+    # dataset-fashion-mnist or dataset.data_dir (data/fashion_mnist.py).
+    'fashion_mnist': Dataset('idx'),
     'cifar10': Dataset('tfds'),
     'cifar100': Dataset('tfds'),
     'imagenet100': Dataset('folder', any_size=True),   # data/prepare_imagenet100.py
@@ -82,6 +86,14 @@ def digits(split: str, image_size: int) -> ArraySource:
   return ArraySource(images[idx], target[idx].astype(np.int32), f'digits:{split}')
 
 
+def fashion_mnist(split: str, data_dir: str, image_size: int) -> ArraySource:
+  """Fashion-MNIST's 'train' or 'val' (= its test files) at 28x28, grey -> RGB."""
+  from vit_jax.data import fashion_mnist as fm
+  fm.check_image_size(image_size)
+  images, labels = fm.load(data_dir, split)
+  return ArraySource(np.repeat(images[..., None], 3, axis=-1), labels, f'fashion_mnist:{split}')
+
+
 def prepare_command(name: str, data_dir: str) -> str:
   arg = f", data_dir={data_dir!r}" if data_dir else ''
   return (f"python -c \"import tensorflow_datasets as tfds; tfds.builder({name!r}{arg})"
@@ -129,6 +141,8 @@ def get(dataset_cfg, split: str):
   storage = lookup(dataset_cfg.name).storage
   if storage == 'digits':
     return digits(split, dataset_cfg.image_size)
+  if storage == 'idx':
+    return fashion_mnist(split, dataset_cfg.data_dir, dataset_cfg.image_size)
   if storage == 'folder':
     from vit_jax.data import imagefolder
     return imagefolder.ImageFolderSource(dataset_cfg.data_dir, split)
@@ -152,3 +166,7 @@ def check_available(dataset_cfg) -> None:
     imagefolder.check_tree(dataset_cfg.data_dir)
   elif storage == 'tfds':
     check_tfds_prepared(name, dataset_cfg.data_dir)
+  elif storage == 'idx':
+    from vit_jax.data import fashion_mnist as fm
+    fm.check_image_size(dataset_cfg.image_size)
+    fm.check_files(dataset_cfg.data_dir)
