@@ -26,7 +26,7 @@ from vit_jax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.check_arg(arg, 'configs/deit_distill.py', config_lib.IN1K_ARGS)
+  arg = config_lib.check_arg(arg, 'configs/deit_distill.py', config_lib.STUDY_ARGS)
   c = config_lib.base()
   c.total_epochs = 300              # DeiT --epochs 300
   c.batch_size = 256                # ours: one GPU's; DeiT: 4 x 256 = 1024, lr scaled to it
@@ -103,7 +103,7 @@ def get_config(arg=None):
   t.kind = 'hard'                   # DeiT --distillation-type hard, the paper's best
   t.alpha = 0.5                     # DeiT --distillation-alpha 0.5
   t.tau = 1.0                       # DeiT --distillation-tau 1.0 (soft only)
-  t.model = config_lib.resnet_teacher_model(quick_variant=False)  # ours: ResNet-50 v2 (DeiT:
+  t.model = config_lib.resnet_teacher_model()  # ours: ResNet-50 v2 (DeiT:
                                     # RegNetY-16GF; a ConvNet either way, as the paper advises)
 
   if arg == 'in1k':                 # DeiT-S's run on ImageNet-1k (README_deit.md)
@@ -112,4 +112,29 @@ def get_config(arg=None):
     c.batch_size = 1024             # DeiT: --batch-size 256 on each of 4 GPUs; lr 5e-4 x 1024
                                     # / 512 = 1e-3 (linear512); the teacher: a ResNet-50 of
                                     # configs/teacher_resnet.py:in1k (DeiT: RegNetY-16GF, 82.9%)
+  if arg == 'fmnist':               # the study on real data, at vanilla.py:fmnist's size
+    c.dataset.name = 'fashion_mnist'  # ours: the real data set a package ships (Debian)
+    c.dataset.image_size = 28       # Fashion-MNIST's own size
+    c.dataset.num_classes = 10      # Fashion-MNIST
+    c.dataset.random_crop_padding = 4  # DeiT datasets.py: at input sizes <= 32,
+    c.dataset.crop_padding_mode = 'constant'  # RandomCrop(size, padding=4) replaces RRC
+    c.dataset.workers = 0           # ours: the images are in memory
+    c.model.image_size = 28         # Fashion-MNIST
+    c.model.patch_size = 4          # ours: as vanilla.py:fmnist (7 x 7 patches)
+    c.model.width = 64              # ours: as vanilla.py:fmnist
+    c.model.depth = 4               # ours: as vanilla.py:fmnist
+    c.model.num_heads = 2           # ours: as vanilla.py:fmnist
+    c.total_epochs = 15             # ours: ~15 min on 2 CPU cores
+    c.batch_size = 64               # ours: as vanilla.py:fmnist
+    c.eval_batch_size = 500         # ours
+    c.dtype = 'float32'             # ours: bf16 is no faster on these CPUs at this size
+    c.optim.lr = 1e-3               # ours: DeiT's 5e-4 x 64 / 512 = 6e-5 is too low for a
+    c.optim.lr_scaling = 'none'     # run of ~15 epochs
+    c.optim.warmup_epochs = 1.0     # ours: DeiT warms up for 5 of 300 epochs
+    c.optim.schedule_unit = 'step'  # ours: per update; per epoch with DeiT's lag, the 1st of
+    c.optim.schedule_epoch_lag = 0  # 15 epochs would train at 1e-6
+    c.checkpoint_every_epochs = 5   # ours
+    c.probe.num_images = 64         # ours: the first 64 test images
+    c.ema.decay = 0.0               # ours: 0.99996's half-life (~17,000 updates) > the run
+    c.teacher.model = config_lib.resnet_teacher_model('fmnist')  # teacher_resnet.py:fmnist
   return config_lib.quick(c) if arg == 'quick' else c

@@ -12,8 +12,10 @@ from vit_jax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.check_arg(arg, 'configs/deit_svd_cifar100.py')
-  c = config_lib.load('deit_cifar100')
+  arg = config_lib.check_arg(arg, 'configs/deit_svd_cifar100.py', config_lib.FMNIST_ARGS)
+  c = config_lib.load('deit_cifar100', 'fmnist' if arg == 'fmnist' else '')
   c.model.svd_tap_layers = (3, 6, 9, 12)   # seed 000: taps after these blocks (1-indexed)
+  if arg == 'fmnist':                      # ours: after every quarter of the blocks, as seed
+    c.model.svd_tap_layers = tuple(c.model.depth * i // 4 for i in (1, 2, 3, 4))  # 000
   c.model.svd_rank = 32                    # seed 000: svd_rank=32
   return config_lib.quick(c) if arg == 'quick' else c

@@ -13,6 +13,7 @@ import pytest
 from conftest import run_main
 from vit_jax import config_lib
 from vit_jax import models
+from vit_jax.analysis import compare
 from vit_jax.analysis import plots
 from vit_jax.analysis import run as analysis
 from vit_jax.analysis import scoreboard
@@ -119,6 +120,21 @@ def test_gate_stats_by_hand():
   assert row['head_sparsity'] == pytest.approx([0.5, 0.0])
   assert row['mean'] == pytest.approx((0.275 + 0.9) / 2)
   assert row['sparsity'] == pytest.approx(0.25)
+
+
+def test_kind_norms_by_hand():
+  # two images, tokens [cls, register, register, patch, patch, patch], width 2
+  x = np.zeros((2, 6, 2))
+  x[:, 0] = [3, 4]                              # cls: norm 5 in both images
+  x[0, 1:3] = [[0, 1], [0, 3]]                  # registers: 1, 3 | 2, 6
+  x[1, 1:3] = [[0, 2], [0, 6]]
+  x[0, 3:] = [[1, 0], [2, 0], [10, 0]]          # patches: median 2, max 10 | 1, 4
+  x[1, 3:] = [[1, 0], [1, 0], [4, 0]]
+  row, = stats.kind_norms([x], vit.TokenLayout(1, 2, 3))
+  assert row == pytest.approx({'cls': 5.0, 'register_mean': 3.0, 'register_max': 4.5,
+                               'patch_median': 1.5, 'patch_max': 7.0})
+  row, = stats.kind_norms([x[:, [0, 3, 4, 5]]], vit.TokenLayout(1, 0, 3))
+  assert row['register_mean'] is None and row['register_max'] is None
 
 
 def test_captured_attention_rows_sum_to_one_and_gates_lie_in_unit_interval(workdir):
@@ -260,3 +276,40 @@ def test_scoreboard_cli_writes_markdown_and_json(tmp_path, capsys):
   assert '| base | 30.00% |' in capsys.readouterr().out
   with pytest.raises(SystemExit, match="error: workdir '.*nope' does not exist"):
     scoreboard.main([a, str(tmp_path / 'nope')])
+
+
+def test_compare_per_layer_over_seeds(tmp_path):
+  """Two variants x two seeds: each cell is the mean and ddof=1 std of the seeds' values
+  (numbers chosen by hand); a quantity only the gated variant has is left out of the
+  other's column and panel; a run without analysis.json is named and left out."""
+  def run(variant, seed, sinks, gates=None):
+    layers = [{'sink_rate_any': s, 'cls_share': 0.1 * seed} for s in sinks]
+    if gates:
+      for row, g in zip(layers, gates):
+        row['gate_mean'] = g
+    path = _fake_workdir(tmp_path / variant, f'seed={seed}', [50.0], [0.0], 10.0,
+                         {'num_params': 1, 'layers': layers, 'gates': None})
+    with open(os.path.join(path, 'sweep.json'), 'w') as f:
+      json.dump({'config': f'configs/{variant}.py:fmnist', 'seed': seed, 'grid': {}}, f)
+  run('vanilla', 0, [0.0, 0.5])
+  run('vanilla', 1, [1.0, 0.25])
+  run('g1', 0, [0.0, 0.0], gates=[0.1, 0.2])
+  run('g1', 1, [0.0, 0.0], gates=[0.3, 0.6])
+  _fake_workdir(tmp_path / 'g1', 'seed=2', [50.0], [0.0], 10.0)     # not analysed
+  out = tmp_path / 'cmp' / 'layers.md'
+  compare.main(['--out', str(out), str(tmp_path / 'vanilla'), str(tmp_path / 'g1')])
+  result = json.load(open(tmp_path / 'cmp' / 'layers.json'))
+  van, g1 = (result['variants'][f'configs/{v}.py:fmnist'] for v in ('vanilla', 'g1'))
+  assert van['sink_rate_any']['mean'] == pytest.approx([0.5, 0.375])
+  assert van['sink_rate_any']['std'] == pytest.approx([2 ** -0.5, 0.125 * 2 ** 0.5])
+  assert g1['gate_mean']['mean'] == pytest.approx([0.2, 0.4])
+  assert 'gate_mean' not in van and van['n'] == 2 and g1['n'] == 2
+  assert result['not_analysed'] == ['g1/seed=2']
+  text = out.read_text()
+  assert '| block | configs/g1.py:fmnist |' in text            # the gate table: g1 only
+  assert '| 2 | 0.375 ± 0.177 | 0.000 ± 0.000 |' in text
+  assert os.path.getsize(tmp_path / 'cmp' / 'layers.png') > 1000
+  fig = compare.figure(result, ['gate_mean', 'sink_rate_any', 'norm_register_max'])
+  assert len(fig.axes) == 2                                      # no register panel
+  assert [len(ax.get_lines()) for ax in fig.axes][0] < [len(ax.get_lines())
+                                                          for ax in fig.axes][1]

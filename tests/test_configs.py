@@ -59,3 +59,29 @@ def test_config_loads_and_checks(path, tmp_path):
   if in1k.teacher.kind == 'none':          # not prepared here: the one line naming the tars
     with pytest.raises(FileNotFoundError, match='put ILSVRC2012_img_train.tar and '):
       preflight.check(in1k, str(tmp_path / 'run_in1k'))
+
+
+# The configs with an `:fmnist` argument (their recipe on Fashion-MNIST, ~15 CPU minutes).
+FMNIST = IN1K | {'deit_cifar100.py', 'deit_svd_cifar100.py'}
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
+def test_fmnist_argument(path, tmp_path):
+  module = load(path)
+  if os.path.basename(path) not in FMNIST:
+    if module.get_config('quick').trainer != 'crystallize':
+      with pytest.raises(ValueError, match="unknown config argument 'fmnist'"):
+        module.get_config('fmnist')
+    return
+  c = module.get_config('fmnist')
+  preflight.check_ranges(c)
+  models.build_model(c.model, c.dataset.num_classes, c.dtype)
+  assert (c.dataset.name, c.dataset.image_size, c.dataset.num_classes) == ('fashion_mnist', 28, 10)
+  assert c.model.image_size == 28
+  c.dataset.data_dir = str(tmp_path / 'none')             # the files' one line, before any work
+  if c.teacher.kind == 'none':
+    with pytest.raises(FileNotFoundError, match='apt-get install -y dataset-fashion-mnist'):
+      preflight.check(c, str(tmp_path / 'run'))
+  else:
+    with pytest.raises(FileNotFoundError, match='teacher.checkpoint'):
+      preflight.check(c, str(tmp_path / 'run'))

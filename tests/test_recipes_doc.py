@@ -91,6 +91,22 @@ def test_in1k_rows_are_every_change_from_the_default(rows, name):
     assert get(in1k, field) == value, (name, field, get(in1k, field), value)
 
 
+FMNIST_CONFIGS = ('vanilla', 'register', 'sdpa_gated', 'value_gated', 'deit_distill',
+                  'teacher_resnet', 'deit_cifar100', 'deit_svd_cifar100')
+
+
+@pytest.mark.parametrize('name', FMNIST_CONFIGS)
+def test_fmnist_rows_are_every_change_from_the_default(rows, name):
+  """The `:fmnist` table of a recipe (its parent's, plus its own where it has one) lists
+  exactly the fields where :fmnist differs from the recipe."""
+  default, fmnist = config_lib.load(name), config_lib.load(name, 'fmnist')
+  doc = {**rows.get((PARENT.get(name, name), 'fmnist'), {}), **rows.get((name, 'fmnist'), {})}
+  changed = {f for f in recipe_fields(fmnist) if get(fmnist, f) != get(default, f)}
+  assert set(doc) == changed, (name, sorted(set(doc) ^ changed))
+  for field, value in doc.items():
+    assert get(fmnist, field) == value, (name, field, get(fmnist, field), value)
+
+
 @pytest.mark.parametrize('arg', ['', 'seed'])
 def test_crystallize_rows(rows, arg):
   config = config_lib.load('crystallize_gpt2', arg)

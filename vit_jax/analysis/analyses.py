@@ -177,6 +177,9 @@ ANALYSES = {
     # Token norms per block and at the output, per epoch of training: high-norm tokens.
     'norms': Analysis(block_rows=lambda c: stats.layer_norm_stats(c.layer_norms, c.config.probe),
                       summary=_norm_summary, plots=_norm_plots),
+    # The residual stream's norms by kind of token (cls, registers, patches) per block.
+    'kind_norms': Analysis(block_rows=lambda c: stats.kind_norms(c.blocks, c.layout),
+                           prefix='norm_'),
     # Where attention goes: sinks, cls, registers; maps of the cls token's attention.
     'attention': Analysis(
         block_rows=lambda c: stats.attention_stats(c.attn, c.layout,

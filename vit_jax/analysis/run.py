@@ -241,6 +241,17 @@ def report(summary: dict) -> str:
     lines.append(f"| {r['block']} | {r['l2_norm_mean']:.2f} | {r['l2_outlier_ratio']:.4f} | "
                  f"{r['max_over_median']:.2f} | {r['sink_share']:.3f} | {r['sink_kind']} | "
                  f"{r['cls_share']:.3f} | {r['register_share']:.3f} | {r['act_max_abs']:.1f} |" + gate)
+  if summary['layers'] and 'norm_cls' in summary['layers'][0]:
+    regs = summary['layers'][0]['norm_register_max'] is not None
+    lines += ['', 'Token norms in the residual stream after each block (mean over the images):',
+              '', '| block | cls | patch median | patch max |'
+              + (' register mean | register max |' if regs else ''),
+              '|---' * (4 + 2 * regs) + '|']
+    for r in summary['layers']:
+      lines.append(f"| {r['block']} | {r['norm_cls']:.2f} | {r['norm_patch_median']:.2f} | "
+                   f"{r['norm_patch_max']:.2f} |" + (f" {r['norm_register_mean']:.2f} | "
+                                                     f"{r['norm_register_max']:.2f} |"
+                                                     if regs else ''))
   lines += ['', 'A sink is a token whose attention, averaged over heads and queries, exceeds '
             'max(analysis.sink_epsilon, analysis.sink_factor / T); the sink column names '
             "its kind when the layer has one in at least half of the images, and says 'none' "

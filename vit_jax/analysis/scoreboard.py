@@ -200,12 +200,12 @@ def main(argv=None):
   print(table)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    _write_atomic(args.out, table)
-    _write_atomic(os.path.splitext(args.out)[0] + '.json',
+    write_atomic(args.out, table)
+    write_atomic(os.path.splitext(args.out)[0] + '.json',
                   json.dumps({'runs': rows, 'over_seeds': groups}, indent=1))
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
   with open(path + '.tmp', 'w') as f:
     f.write(text)
   os.replace(path + '.tmp', path)

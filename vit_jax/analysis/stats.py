@@ -20,6 +20,23 @@ def layer_norm_stats(layer_norms: np.ndarray, probe_cfg) -> list[dict]:
   return [norm_stats(n, probe_cfg) for n in layer_norms]
 
 
+def kind_norms(blocks: list[np.ndarray], lay: vit.TokenLayout) -> list[dict]:
+  """Per block, the L2 norms of the residual stream by kind of token, averaged over the
+  images: cls, the registers (mean and largest; None without registers) and the patches'
+  median and largest, so a register that takes over the high norms is seen beside them."""
+  rows = []
+  for x in blocks:
+    n = np.linalg.norm(np.asarray(x, np.float64), axis=-1)      # (B, T)
+    regs = n[:, lay.registers]
+    patches = n[:, lay.patches]
+    rows.append({'cls': float(n[:, 0].mean()),
+                 'register_mean': float(regs.mean()) if regs.size else None,
+                 'register_max': float(regs.max(-1).mean()) if regs.size else None,
+                 'patch_median': float(np.median(patches, -1).mean()),
+                 'patch_max': float(patches.max(-1).mean())})
+  return rows
+
+
 def outlier_tokens(norms: np.ndarray, probe_cfg) -> list[tuple[int, int]]:
   """(image, patch) of every outlier token of a (B, N) norm array."""
   mask = token_norms.outlier_mask(np.asarray(norms, np.float64), probe_cfg.outlier_rule,

@@ -5,12 +5,14 @@ r"""Benchmarks that print ratios measured in one run.
   python -m vit_jax.bench checkpoint [--out results/bench_checkpoint.json]
   python -m vit_jax.bench gpu [--out results/gpu.json]          (writes results/gpu.md)
   python -m vit_jax.bench seeds [--out results/bench_seeds.json]
+  python -m vit_jax.bench peer [--seeds 0,1,2] [--out results/fashion_mnist/peer.json]
 
 data (bench/data.py): the input pipeline against the train step; model (bench/model.py):
 the train step of every variant against timm and the matmul peak; checkpoint
 (bench/checkpoint.py): how long a checkpoint holds up the train loop; gpu (bench/gpu.py):
 the GPU check (without a GPU: one line, exit 0); seeds (bench/seeds.py): seed 000's taps
-and seed 003's study against the seeds' own code. Only the named benchmark's module is
+and seed 003's study against the seeds' own code; peer (bench/peer.py): the vanilla
+Fashion-MNIST recipe trained here and by timm + torch, top-1 and epoch speed. Only the named benchmark's module is
 imported, so `gpu` needs neither TensorFlow nor grain.
 """
 import importlib
@@ -30,7 +32,7 @@ from absl import logging  # noqa: E402
 # nothing measured).
 BENCHMARKS = {'data': 'vit_jax.bench.data', 'model': 'vit_jax.bench.model',
               'checkpoint': 'vit_jax.bench.checkpoint', 'gpu': 'vit_jax.bench.gpu',
-              'seeds': 'vit_jax.bench.seeds'}
+              'seeds': 'vit_jax.bench.seeds', 'peer': 'vit_jax.bench.peer'}
 
 _OUT = flags.DEFINE_string('out', '', 'Write the numbers as JSON here too.')
 

@@ -78,7 +78,7 @@ def variant_config(variant: str, image_size: int, dtype: str, batch: int,
   elif variant == 'distill':
     c.model.update(distillation=True, pos_embed='all')
     c.teacher.kind = 'hard'
-    c.teacher.model = config_lib.resnet_teacher_model(quick_variant=False)
+    c.teacher.model = config_lib.resnet_teacher_model()
     c.teacher.model.update(image_size=image_size, stem='small' if image_size < 64 else 'imagenet')
   c.model.update(model_overrides)
   return c

@@ -121,9 +121,9 @@ class Attention(nn.Module):
     b, t, width = x.shape
     h = self.num_heads
     d = width // h
-    qkv = mixed.Dense(3 * width, use_bias=self.qkv_bias, kernel_init=self.qkv_init,
-                      dtype=self.dtype, name='qkv')(x)
-    q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, h, d), 2, 0)  # each (B, T, H, D)
+    q, k, v = (y.reshape(b, t, h, d) for y in mixed.SplitDense(
+        3 * width, use_bias=self.qkv_bias, kernel_init=self.qkv_init, dtype=self.dtype,
+        name='qkv')(x))
     aux = {}
     if self.gate != 'none':
       g = mixed.Dense(width, use_bias=False, kernel_init=_dense_init, dtype=self.dtype,
