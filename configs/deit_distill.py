@@ -81,7 +81,11 @@ def get_config(arg=None):
   o.lr = 5e-4                       # DeiT --lr 5e-4 ...
   o.lr_scaling = 'linear512'        # DeiT main.py: ... x global batch / 512
   o.weight_decay = 0.05             # DeiT --weight-decay 0.05 (seed 001 too)
-  o.decay_scope = 'matrices'        # DeiT: timm's groups, no decay on 1-D params and tokens
+  o.decay_scope = 'matrices'        # DeiT: timm 0.3.2's groups, no decay on 1-D params and
+                                    # the names below
+  o.no_decay_params = ('cls', 'pos_embedding')  # DeiT: its pinned timm 0.3.2 skips
+                                    # no_weight_decay() = {cls_token, pos_embed}; dist_token
+                                    # (1, 1, C) is decayed (timm >= 1.0 would exempt it)
   o.b1, o.b2 = 0.9, 0.999           # DeiT (torch AdamW defaults)
   o.eps = 1e-8                      # DeiT --opt-eps 1e-8
   o.clip_grad_norm = 0.0            # DeiT --clip-grad None: no clipping

@@ -69,6 +69,8 @@ def get_config(arg=None):
   o.weight_decay = 0.05             # DeiT-III --weight-decay 0.05
   o.decay_scope = 'matrices'        # seed 002 and DeiT-III: timm's groups, no decay or trust
                                     # ratio on 1-D params, tokens, position embeddings
+  o.no_decay_params = ('cls', 'dist', 'registers', 'pos_embedding')  # seed 002: timm
+                                    # create_optimizer_v2, no_weight_decay() of timm >= 1.0
   o.b1, o.b2 = 0.9, 0.999           # DeiT-III (timm's LAMB defaults)
   o.eps = 1e-8                      # DeiT-III main.py --opt-eps 1e-8
   o.clip_grad_norm = 1.0            # DeiT-III: LAMB's own max_grad_norm=1.0; seed 002: 1.0

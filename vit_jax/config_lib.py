@@ -124,6 +124,10 @@ def base() -> ml_collections.ConfigDict:
       name='adamw', lr=5e-4, lr_scaling='none', weight_decay=0.05, decay_scope='matrices',
       b1=0.9, b2=0.999, eps=1e-8, clip_grad_norm=0.0, warmup_epochs=0.0, warmup_lr=1e-6,
       min_lr=0.0, schedule_unit='epoch', schedule_epoch_lag=0))
+  # With decay_scope 'matrices': the tokens and position embedding (>= 2-D, yet no weight
+  # matrices) kept out of weight decay and LAMB's trust ratio, by name: the model's
+  # no_weight_decay() in the source's timm (timm >= 1.0: all four, as here).
+  c.optim.no_decay_params = ('cls', 'dist', 'registers', 'pos_embedding')
 
   c.loss = ml_collections.ConfigDict(dict(name='softmax_xent', label_smoothing=0.0))
   # BCE targets above it become 1, the rest 0 (DeiT-III: 0.0); unset = soft targets.
