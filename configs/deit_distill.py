@@ -56,6 +56,8 @@ def get_config(arg=None):
   a.cutmix = 1.0                    # DeiT --cutmix 1.0
   a.mix_switch_prob = 0.5           # DeiT --mixup-switch-prob 0.5
   a.cutmix_box = 'floor'            # DeiT's timm (<= 0.4): an odd cut is one pixel short
+  a.mix_groups = 1                  # DeiT engine.py: each GPU mixes its own batch of 256
+                                    # (numpy seeded seed + rank); ours: 256 is one GPU's
   a.erase_prob = 0.25               # DeiT --reprob 0.25, --remode pixel, --recount 1
 
   m = c.model
@@ -113,6 +115,7 @@ def get_config(arg=None):
   if arg == 'in1k':                 # DeiT-S's run on ImageNet-1k (README_deit.md)
     c.dataset.name = 'imagenet2012'  # DeiT: ImageNet-1k; tfds, as array_record
     c.dataset.num_classes = 1000    # DeiT
+    c.augment.mix_groups = 4        # DeiT: 4 GPUs, each mixing its own 256 (engine.py)
     c.batch_size = 1024             # DeiT: --batch-size 256 on each of 4 GPUs; lr 5e-4 x 1024
                                     # / 512 = 1e-3 (linear512); the teacher: a ResNet-50 of
                                     # configs/teacher_resnet.py:in1k (DeiT: RegNetY-16GF, 82.9%)

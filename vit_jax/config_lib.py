@@ -111,6 +111,13 @@ def base() -> ml_collections.ConfigDict:
       mix_switch_prob=0.5,        # P(CutMix) when both are on
       cutmix_box='exact',         # 'exact' (timm >= 1.0) | 'floor' (timm 0.3-0.4): odd sides
       erase_prob=0.0))            # DeiT random erasing probability
+  # Mixup / CutMix groups: the global batch as this many equal runs of rows, each mixed with
+  # its own reverse and its own lambda / box, as DeiT's processes each mix their own batch
+  # (1 = one Mixup over the whole batch: the source on one GPU). A count of the batch, not
+  # of the devices: the draws depend on (seed, step) and this count only, so a run (or a
+  # resume) on any number of devices or processes mixes exactly alike (a resume with
+  # another count keeps the data order; only the mixing of later steps changes).
+  c.augment.mix_groups = 1
 
   c.model = ml_collections.ConfigDict(dict(
       image_size=32, patch_size=4, width=384, depth=12, num_heads=6, mlp_ratio=4.0,

@@ -71,6 +71,7 @@ def check_vit(config, workdir: str, spec) -> None:
   check_ranges(config)
   check_choices(config)
   check_randaugment(config.augment)
+  augment.check_mix_groups(config)
   if not (config.trainer == 'analyze' and config.analysis.get('images')):
     sources.check_available(config.dataset)   # not read when analyze reads a folder of images
   if os.path.exists(workdir) and not os.path.isdir(workdir):
