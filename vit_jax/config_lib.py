@@ -199,7 +199,14 @@ def base() -> ml_collections.ConfigDict:
       # timm's fine-tuning: a head whose class count is the data set's is kept, any other
       # is re-initialised (here with the model's own init); False re-initialises it always
       # (the same number of different classes).
-      keep_head=True))
+      keep_head=True,
+      # The checkpoint's preprocessing (its config.json pretrained_cfg: mean, std, crop_pct)
+      # replaces dataset.mean, dataset.std and dataset.eval_crop_ratio, as timm's
+      # resolve_data_config would, except the fields named here ('mean', 'std',
+      # 'eval_crop_ratio'), which stay this config's; main adds every one of them set on the
+      # command line (--config.dataset.mean=...). A checkpoint that names none (a lone
+      # weights file, an .npz) leaves the config's.
+      keep_preprocessing=()))
   return c
 
 
