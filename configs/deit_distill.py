@@ -56,6 +56,8 @@ def get_config(arg=None):
   a.cutmix = 1.0                    # DeiT --cutmix 1.0
   a.mix_switch_prob = 0.5           # DeiT --mixup-switch-prob 0.5
   a.cutmix_box = 'floor'            # DeiT's timm (<= 0.4): an odd cut is one pixel short
+  a.mix_groups = 1                  # DeiT engine.py: each GPU mixes its own batch of 256
+                                    # (numpy seeded seed + rank); ours: 256 is one GPU's
   a.erase_prob = 0.25               # DeiT --reprob 0.25, --remode pixel, --recount 1
 
   m = c.model
@@ -81,7 +83,11 @@ def get_config(arg=None):
   o.lr = 5e-4                       # DeiT --lr 5e-4 ...
   o.lr_scaling = 'linear512'        # DeiT main.py: ... x global batch / 512
   o.weight_decay = 0.05             # DeiT --weight-decay 0.05 (seed 001 too)
-  o.decay_scope = 'matrices'        # DeiT: timm's groups, no decay on 1-D params and tokens
+  o.decay_scope = 'matrices'        # DeiT: timm 0.3.2's groups, no decay on 1-D params and
+                                    # the names below
+  o.no_decay_params = ('cls', 'pos_embedding')  # DeiT: its pinned timm 0.3.2 skips
+                                    # no_weight_decay() = {cls_token, pos_embed}; dist_token
+                                    # (1, 1, C) is decayed (timm >= 1.0 would exempt it)
   o.b1, o.b2 = 0.9, 0.999           # DeiT (torch AdamW defaults)
   o.eps = 1e-8                      # DeiT --opt-eps 1e-8
   o.clip_grad_norm = 0.0            # DeiT --clip-grad None: no clipping
@@ -109,6 +115,7 @@ def get_config(arg=None):
   if arg == 'in1k':                 # DeiT-S's run on ImageNet-1k (README_deit.md)
     c.dataset.name = 'imagenet2012'  # DeiT: ImageNet-1k; tfds, as array_record
     c.dataset.num_classes = 1000    # DeiT
+    c.augment.mix_groups = 4        # DeiT: 4 GPUs, each mixing its own 256 (engine.py)
     c.batch_size = 1024             # DeiT: --batch-size 256 on each of 4 GPUs; lr 5e-4 x 1024
                                     # / 512 = 1e-3 (linear512); the teacher: a ResNet-50 of
                                     # configs/teacher_resnet.py:in1k (DeiT: RegNetY-16GF, 82.9%)

@@ -43,6 +43,8 @@ def get_config(arg=None):
   a.cutmix = 1.0                    # DeiT-III --cutmix 1.0
   a.mix_switch_prob = 0.5           # DeiT-III (main.py default --mixup-switch-prob 0.5)
   a.cutmix_box = 'floor'            # DeiT-III's timm (<= 0.4): an odd cut is one pixel short
+  a.mix_groups = 1                  # DeiT-III engine.py: each GPU mixes its own batch of 256
+                                    # (numpy seeded seed + rank); ours: 256 is one GPU's
   a.erase_prob = 0.0                # DeiT-III --reprob 0.0
 
   m = c.model
@@ -69,6 +71,8 @@ def get_config(arg=None):
   o.weight_decay = 0.05             # DeiT-III --weight-decay 0.05
   o.decay_scope = 'matrices'        # seed 002 and DeiT-III: timm's groups, no decay or trust
                                     # ratio on 1-D params, tokens, position embeddings
+  o.no_decay_params = ('cls', 'dist', 'registers', 'pos_embedding')  # seed 002: timm
+                                    # create_optimizer_v2, no_weight_decay() of timm >= 1.0
   o.b1, o.b2 = 0.9, 0.999           # DeiT-III (timm's LAMB defaults)
   o.eps = 1e-8                      # DeiT-III main.py --opt-eps 1e-8
   o.clip_grad_norm = 1.0            # DeiT-III: LAMB's own max_grad_norm=1.0; seed 002: 1.0
@@ -94,6 +98,7 @@ def get_config(arg=None):
     c.total_epochs = 800            # DeiT-III --epochs 800: 81.4% (the paper: 80.4% at 400)
     c.batch_size = 2048             # DeiT-III --batch 256 on each of 8 GPUs (global, as ours)
     c.optim.lr = 4e-3               # DeiT-III --lr 4e-3 --unscale-lr: at batch 2048, unscaled
+    c.augment.mix_groups = 8        # DeiT-III: 8 GPUs, each mixing its own 256 (engine.py)
     # 224 throughout (image_size above): DeiT-III trains ViT-S at --input-size 224 and has no
     # fine-tuning step for it (ViT-B and larger: 192, then 224 for 20 epochs).
   if arg == 'fmnist':               # the study on real data, at a size a 2-core CPU trains in

@@ -37,7 +37,7 @@ ALLOWED = {
     'analysis': {'analysis', 'models', 'data', 'train.checkpoint', 'train.metrics_io'},
     'crystallize': {'crystallize'},
     'bench': {'bench', 'config_lib', 'models', 'data', 'train', 'crystallize'},
-    'export': {'exits', 'models', 'train.checkpoint'},
+    'export': {'exits', 'models', 'data', 'train.checkpoint'},
     'main': {'*'},
     'preflight': {'*'},
     'sweep': {'*'},               # an entry point: builds and checks configs as main does

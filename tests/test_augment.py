@@ -81,3 +81,43 @@ def test_augment_batch_in_the_train_step_recipe():
   x, t = augment.augment_batch(jax.random.key(1), images, targets, c)
   np.testing.assert_allclose(x, (images / 255.0 - 0.5) / 0.5, atol=1e-6)
   np.testing.assert_array_equal(t, targets)
+
+
+def test_one_mixing_group_is_the_batch_wide_mixup():
+  """mix_groups=1 draws and mixes exactly as one Mixup over the batch (the draws of runs
+  made before the field existed); 2 groups pair rows within each half only."""
+  x = _images(8)
+  t = jax.nn.one_hot(jnp.arange(8) % 4, 4)
+  mix = dict(mixup_alpha=0.8, cutmix_alpha=0.0)
+  whole = augment.mixup_cutmix(jax.random.key(5), x, t, **mix)
+  grouped = augment.mix_groups(jax.random.key(5), x, t, 1, **mix)
+  for a, b in zip(whole, grouped):
+    np.testing.assert_array_equal(np.asarray(a).reshape(-1), np.asarray(b).reshape(-1))
+  _, tg, lam, _ = augment.mix_groups(jax.random.key(5), x, t, 2, **mix)
+  assert lam.shape == (2,) and float(lam[0]) != float(lam[1])
+  for g, rows in enumerate((range(4), range(4, 8))):
+    for i in rows:      # row i with its group's mirror row, by the group's own lambda
+      j = rows[-1] - (i - rows[0])
+      np.testing.assert_allclose(tg[i], lam[g] * t[i] + (1 - lam[g]) * t[j], atol=1e-6)
+
+
+@pytest.mark.parametrize('groups,accum,batch,error', [
+    (4, 1, 64, None), (4, 2, 64, None), (1, 4, 64, None), (8, 4, 64, None),
+    (3, 1, 64, 'batch_size=64 cannot be split into augment.mix_groups=3 equal groups'),
+    (0, 1, 64, 'augment.mix_groups=0 must be a whole number >= 1'),
+    (3, 2, 66, 'augment.mix_groups=3 and grad_accum_steps=2: one must divide the other'),
+])
+def test_mix_groups_are_checked_in_one_line(groups, accum, batch, error):
+  from vit_jax import config_lib
+  c = config_lib.load('vanilla')
+  c.update(batch_size=batch, grad_accum_steps=accum)
+  c.augment.mix_groups = groups
+  if error is None:
+    augment.check_mix_groups(c)
+    assert augment.step_mix_groups(c) == max(1, groups // accum)
+    return
+  with pytest.raises(ValueError, match=error):
+    augment.check_mix_groups(c)
+  c.augment.update(mixup=0.0, cutmix=0.0)     # no mixing: only the type is checked
+  if groups:
+    augment.check_mix_groups(c)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from vit_jax.models import vit
 from vit_jax.train import optim
@@ -93,7 +94,8 @@ def test_lamb_three_steps_by_hand():
 def test_adamw_with_clipping_three_steps_by_hand():
   cfg = ml_collections.ConfigDict(dict(name='adamw', b1=0.9, b2=0.999, eps=1e-8,
                                        weight_decay=0.1, clip_grad_norm=1.0,
-                                       decay_scope='matrices'))
+                                       decay_scope='matrices',
+                                       no_decay_params=optim.TOKEN_PARAMS))
   lr = 0.02
   rng = np.random.default_rng(1)
   shapes = {'kernel': (4, 4), 'scale': (4,)}
@@ -145,3 +147,20 @@ def test_decay_scope_all_decays_everything_that_gets_a_gradient():
   flat = {jax.tree_util.keystr(k): v for k, v in
           jax.tree_util.tree_leaves_with_path(optim.decay_mask(params, 'all'))}
   assert [k for k, v in flat.items() if not v] == ["['svd_proj_0']['kernel']"]
+
+
+def test_no_decay_params_names_the_exempt_tokens_and_a_bad_name_is_one_line():
+  """DeiT's distilled recipe decays its dist token (configs/deit_distill.py; against timm
+  0.3.2's grouping in tests/reference/test_ref_optim.py); an unknown name is refused."""
+  model = vit.ViT(num_classes=5, image_size=8, patch_size=4, width=8, depth=1, num_heads=2,
+                  distillation=True, pos_embed='all')
+  params = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)},
+                                             jnp.ones((1, 8, 8, 3))))['params']
+  cfg = ml_collections.ConfigDict(dict(decay_scope='matrices',
+                                       no_decay_params=('cls', 'pos_embedding')))
+  mask = optim.mask_fn(cfg)(params)
+  assert mask['dist'] is True and mask['cls'] is False and mask['pos_embedding'] is False
+  cfg.no_decay_params = ('cls', 'pos_embed')
+  with pytest.raises(ValueError, match=r"optim.no_decay_params=\('cls', 'pos_embed'\) names "
+                                       r"'pos_embed'; each must be one of \('cls', 'dist', "):
+    optim.mask_fn(cfg)

@@ -55,6 +55,44 @@ def test_load_writes_the_architecture_and_keeps_the_rest(monkeypatch):
   assert pretrained.load(c) is None
 
 
+def test_the_checkpoints_preprocessing_unless_the_config_keeps_its_own(monkeypatch):
+  """pretrained_cfg's mean, std and crop_pct replace the config's, as timm's
+  resolve_data_config would use them; a field the config keeps (main: set on the command
+  line) stays; the describe line says whose each one is."""
+  imported = _imported()
+  imported.preprocessing = dict(mean=(0.3, 0.4, 0.5), std=(0.2, 0.25, 0.3), crop_pct=0.8,
+                                interpolation='bilinear')
+  monkeypatch.setattr(hub, 'load', lambda source, size: imported)
+  c = _config()
+  c.init.source = 'ckpt'
+  pretrained.load(c)
+  assert (c.dataset.mean, c.dataset.std, c.dataset.eval_crop_ratio) == (
+      (0.3, 0.4, 0.5), (0.2, 0.25, 0.3), 0.8)
+  assert pretrained.describe(c, imported).endswith(
+      '; preprocessing: mean=(0.3, 0.4, 0.5), std=(0.2, 0.25, 0.3), eval_crop_ratio=0.8 from '
+      "the checkpoint (its interpolation 'bilinear' is not followed: evaluation resizes "
+      'bicubic)')
+  c = _config()
+  c.update_from_flattened_dict({'init.source': 'ckpt', 'dataset.eval_crop_ratio': 0.9})
+  pretrained.keep_command_line(c, {'init.source': 'ckpt', 'dataset.eval_crop_ratio': 0.9})
+  assert c.init.keep_preprocessing == ('eval_crop_ratio',)
+  pretrained.load(c)
+  assert (c.dataset.mean, c.dataset.eval_crop_ratio) == ((0.3, 0.4, 0.5), 0.9)
+  assert 'eval_crop_ratio=0.9 from the config (kept)' in pretrained.describe(c, imported)
+  imported.preprocessing = {}        # a lone weights file: the config's, said so
+  c = _config()
+  c.init.source = 'ckpt'
+  pretrained.load(c)
+  assert c.dataset.mean == (0.5, 0.5, 0.5) and pretrained.describe(c, imported).endswith(
+      '; preprocessing: mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), eval_crop_ratio=1.0 from '
+      'the config (the checkpoint names none)')
+  c.init.keep_preprocessing = ('crop_pct',)
+  with pytest.raises(ValueError, match=r"init.keep_preprocessing=\('crop_pct',\) names "
+                                       r"'crop_pct'; each must be one of \('mean', 'std', "
+                                       r"'eval_crop_ratio'\)"):
+    pretrained.load(c)
+
+
 @pytest.mark.parametrize('num_classes,keep_head,kept', [(10, True, True), (5, True, False),
                                                          (10, False, False)])
 def test_start_params_keep_the_head_only_when_its_classes_are_the_data_sets(

@@ -111,6 +111,13 @@ def base() -> ml_collections.ConfigDict:
       mix_switch_prob=0.5,        # P(CutMix) when both are on
       cutmix_box='exact',         # 'exact' (timm >= 1.0) | 'floor' (timm 0.3-0.4): odd sides
       erase_prob=0.0))            # DeiT random erasing probability
+  # Mixup / CutMix groups: the global batch as this many equal runs of rows, each mixed with
+  # its own reverse and its own lambda / box, as DeiT's processes each mix their own batch
+  # (1 = one Mixup over the whole batch: the source on one GPU). A count of the batch, not
+  # of the devices: the draws depend on (seed, step) and this count only, so a run (or a
+  # resume) on any number of devices or processes mixes exactly alike (a resume with
+  # another count keeps the data order; only the mixing of later steps changes).
+  c.augment.mix_groups = 1
 
   c.model = ml_collections.ConfigDict(dict(
       image_size=32, patch_size=4, width=384, depth=12, num_heads=6, mlp_ratio=4.0,
@@ -124,6 +131,10 @@ def base() -> ml_collections.ConfigDict:
       name='adamw', lr=5e-4, lr_scaling='none', weight_decay=0.05, decay_scope='matrices',
       b1=0.9, b2=0.999, eps=1e-8, clip_grad_norm=0.0, warmup_epochs=0.0, warmup_lr=1e-6,
       min_lr=0.0, schedule_unit='epoch', schedule_epoch_lag=0))
+  # With decay_scope 'matrices': the tokens and position embedding (>= 2-D, yet no weight
+  # matrices) kept out of weight decay and LAMB's trust ratio, by name: the model's
+  # no_weight_decay() in the source's timm (timm >= 1.0: all four, as here).
+  c.optim.no_decay_params = ('cls', 'dist', 'registers', 'pos_embedding')
 
   c.loss = ml_collections.ConfigDict(dict(name='softmax_xent', label_smoothing=0.0))
   # BCE targets above it become 1, the rest 0 (DeiT-III: 0.0); unset = soft targets.
@@ -188,7 +199,14 @@ def base() -> ml_collections.ConfigDict:
       # timm's fine-tuning: a head whose class count is the data set's is kept, any other
       # is re-initialised (here with the model's own init); False re-initialises it always
       # (the same number of different classes).
-      keep_head=True))
+      keep_head=True,
+      # The checkpoint's preprocessing (its config.json pretrained_cfg: mean, std, crop_pct)
+      # replaces dataset.mean, dataset.std and dataset.eval_crop_ratio, as timm's
+      # resolve_data_config would, except the fields named here ('mean', 'std',
+      # 'eval_crop_ratio'), which stay this config's; main adds every one of them set on the
+      # command line (--config.dataset.mean=...). A checkpoint that names none (a lone
+      # weights file, an .npz) leaves the config's.
+      keep_preprocessing=()))
   return c
 
 

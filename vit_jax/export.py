@@ -2,13 +2,14 @@ r"""A trained workdir's checkpoint as a timm / Hugging Face hub folder.
 
   python -m vit_jax.export --workdir W --out DIR [--checkpoint latest|best|N]
 
-reads W/config.json (written by the training loop) for the model and the data
-set's normalisation, restores the chosen checkpoint's params (best: the highest
-val_acc1, as the analysis picks it) and writes DIR with model.safetensors +
-config.json (vit_jax/models/hub.export_timm), which
-`timm.create_model('local-dir:DIR', pretrained=True)` builds. Bad input (no such
-workdir or checkpoint, a variant timm cannot express, an existing DIR) is one
-`error:` line, exit 2, before anything is written.
+reads W/config.json (written by the training loop) for the model and the evaluation's
+preprocessing, restores the chosen checkpoint's params (best: the highest val_acc1, as
+the analysis picks it) and writes DIR with model.safetensors + config.json
+(vit_jax/models/hub.export_timm), which `timm.create_model('local-dir:DIR',
+pretrained=True)` builds; its pretrained_cfg holds the mean, std, crop_pct, interpolation
+and input size the workdir evaluated with, so timm's resolve_data_config + create_transform
+preprocess as our evaluation did. Bad input (no such workdir or checkpoint, a variant timm
+cannot express, an existing DIR) is one `error:` line, exit 2, before anything is written.
 """
 import argparse
 import json
@@ -22,6 +23,7 @@ def export(workdir: str, out: str, spec: str = 'latest') -> str:
   """Every check first (config, checkpoint, exportability, its params' shapes), then the write."""
   import ml_collections
   from vit_jax import models
+  from vit_jax.data import pipeline
   from vit_jax.models import hub
   from vit_jax.train import checkpoint
   path = os.path.join(workdir, 'config.json')
@@ -32,6 +34,7 @@ def export(workdir: str, out: str, spec: str = 'latest') -> str:
     config = ml_collections.ConfigDict(json.load(f))
   num_classes = int(config.dataset.num_classes)
   hub._exportable(config.model, num_classes)
+  preprocessing = pipeline.eval_preprocessing(config.dataset)
   where = os.path.join(workdir, 'checkpoints',
                        str(checkpoint.select_step(workdir, spec, '--checkpoint')))
   model = models.build_model(config.model, num_classes, 'float32')
@@ -39,7 +42,7 @@ def export(workdir: str, out: str, spec: str = 'latest') -> str:
                                          f'{path}')
   params = checkpoint.restore_params(where)
   return hub.export_timm(params, config.model.to_dict(), num_classes, out,
-                         mean=tuple(config.dataset.mean), std=tuple(config.dataset.std))
+                         preprocessing=preprocessing)
 
 
 def main(argv=None) -> None:

@@ -19,6 +19,7 @@ from vit_jax import exits
 from vit_jax import preflight
 from vit_jax import runlock
 from vit_jax import trainers
+from vit_jax.models import pretrained
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].', lock_config=True)
@@ -64,6 +65,8 @@ def main(argv):
   if not FLAGS['verbosity'].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
+  # With init.source, preprocessing fields set on the command line stay the config's.
+  pretrained.keep_command_line(config, config_flags.get_override_values(FLAGS['config']))
   try:
     if 'distributed' in config:   # the GPT-2 study's config has none: it runs in one process
       distributed.check(config.distributed)

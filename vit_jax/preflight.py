@@ -47,6 +47,7 @@ def check_vit(config, workdir: str, spec) -> None:
   if config.optim.name not in optim.OPTIMIZERS:
     raise ValueError(f'optim.name={config.optim.name!r} is not one of {tuple(optim.OPTIMIZERS)}')
   optim.scaled_lr(config.optim, config.batch_size)
+  optim.mask_fn(config.optim)
   if config.probe.outlier_rule not in token_norms.OUTLIER_RULES:
     raise ValueError(f'probe.outlier_rule={config.probe.outlier_rule!r} is not one of '
                      f'{token_norms.OUTLIER_RULES}')
@@ -70,6 +71,7 @@ def check_vit(config, workdir: str, spec) -> None:
   check_ranges(config)
   check_choices(config)
   check_randaugment(config.augment)
+  augment.check_mix_groups(config)
   if not (config.trainer == 'analyze' and config.analysis.get('images')):
     sources.check_available(config.dataset)   # not read when analyze reads a folder of images
   if os.path.exists(workdir) and not os.path.isdir(workdir):

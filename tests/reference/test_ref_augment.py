@@ -3,7 +3,10 @@ DeiT-III's 3-Augment pieces (torchvision Grayscale(3), ImageOps.solarize, PIL's
 GaussianBlur) and torchvision's ColorJitter on PIL images, exact; timm's Mixup given the
 same lambda and box, within 1e-6; timm's RandomErasing, whose draws come from Python's
 `random` and cannot be shared, by the distribution of what it erases."""
+import os
 import random
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,8 @@ from timm.data import Mixup
 from timm.data import mixup as timm_mixup
 from timm.data.random_erasing import RandomErasing
 
+from conftest import REPO
+import mix_shards
 from vit_jax import config_lib
 from vit_jax.data import augment
 from vit_jax.data import pil_ops
@@ -130,6 +135,66 @@ def test_mixup_cutmix_equal_timm_given_the_same_draws(monkeypatch, seed, smoothi
                                             jnp.float32(lam), box)
   np.testing.assert_allclose(np.asarray(got_x), want_x, atol=1e-6)
   np.testing.assert_allclose(np.asarray(got_t), want_t, atol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def four_device_mixing(tmp_path_factory):
+  """tests/mix_shards.py's output: the train step's mixing, jitted over 4 forced CPU devices."""
+  out = tmp_path_factory.mktemp('mix_shards') / 'mix.npz'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'mix_shards.py'), str(out)],
+                        capture_output=True, text=True, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with np.load(out) as f:
+    return {k: f[k] for k in f.files}
+
+
+def test_each_shard_mixes_by_itself_as_timm_mixup_on_each_process(monkeypatch,
+                                                                   four_device_mixing):
+  """DeiT on 4 processes: each one's Mixup (numpy seeded seed + rank) mixes its own batch
+  with its own lambda and box. Ours with augment.mix_groups=4, inside jit over 4 devices:
+  every shard equals timm's Mixup applied to that shard alone, given that group's draws
+  (DeiT's recipe: mixup 0.8, cutmix 1.0, smoothing 0.1); and no image or target row
+  crosses a device, where one Mixup over the whole batch (mix_groups=1) moves them."""
+  r = four_device_mixing
+  c = mix_shards.mixing_config(4)
+  n = mix_shards.BATCH // 4
+  used_cutmix = []
+  for i in range(mix_shards.KEYS):
+    k_mix = jax.random.split(jax.random.key(i), 3)[2]      # augment_batch's mixing key
+    use, lam, box = jax.vmap(lambda k: augment.mix_draws(
+        k, mix_shards.H, mix_shards.W, mixup_alpha=c.augment.mixup, cutmix_alpha=c.augment.cutmix,
+        switch_prob=c.augment.mix_switch_prob, box=c.augment.cutmix_box))(
+            augment.group_keys(k_mix, 4))
+    assert len(set(np.asarray(lam).tolist())) == 4          # a draw of its own per shard
+    for g in range(4):
+      rows = slice(g * n, (g + 1) * n)
+      mixer = Mixup(mixup_alpha=c.augment.mixup, cutmix_alpha=c.augment.cutmix,
+                    switch_prob=c.augment.mix_switch_prob, mode='batch',
+                    label_smoothing=c.loss.label_smoothing, num_classes=mix_shards.CLASSES)
+      monkeypatch.setattr(mixer, '_params_per_batch',
+                          lambda g=g: (float(lam[g]), bool(use[g])))
+      monkeypatch.setattr(timm_mixup, 'rand_bbox',
+                          lambda *a, g=g, **k: tuple(int(b[g]) for b in box))
+      x = torch.from_numpy(r['images'][i, rows].transpose(0, 3, 1, 2) / np.float32(255))
+      want_x, want_t = mixer(x, torch.from_numpy(r['labels'][i, rows]).long())
+      np.testing.assert_allclose(r['mixed'][i, rows], want_x.numpy().transpose(0, 2, 3, 1),
+                                 atol=1e-6, err_msg=f'key {i}, shard {g}')
+      np.testing.assert_allclose(r['targets'][i, rows], want_t.numpy(), atol=1e-6,
+                                 err_msg=f'key {i}, shard {g}')
+      used_cutmix.append(bool(use[g]))
+  assert 0 < sum(used_cutmix) < len(used_cutmix)            # both mixup and cutmix were drawn
+  assert r['per_shard_collectives'].size == 0, r['per_shard_collectives']
+  assert any(op.startswith('collective-permute') for op in r['whole_batch_collectives'])
+
+
+def test_mixing_groups_train_alike_on_one_and_four_devices(four_device_mixing):
+  """The groups are rows of the global batch, not devices: with mixing on and each of
+  mix_groups=2 groups spread over two of the 4 shards, 3 train steps on 4 devices equal
+  those on 1 (so a resume on another device count mixes as the run it continues)."""
+  assert four_device_mixing['step_loss_diff'] <= 1e-5
+  assert four_device_mixing['step_param_diff'] < 1e-5
 
 
 def test_cutmix_box_equals_timm_rand_bbox(monkeypatch):

@@ -3,14 +3,19 @@ stores them (timm's own save_for_hf: model.safetensors + config.json), loaded by
 hub.load and run by the project's ViT, give timm's logits (or, headless, its features)
 within 1e-5 on the same images; random weights made non-uniform (refutil.randomize_) so
 that attention is peaked and a misplaced tensor cannot hide."""
+import functools
 import json
 import os
+import re
+import stat
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
 from timm.models._hub import save_for_hf
 
 from vit_jax.models import hub
@@ -308,26 +313,47 @@ def _random_params(model, seed):
   return flax.traverse_util.unflatten_dict(out, sep='/')
 
 
-@pytest.mark.parametrize('fields,num_classes', [
-    (dict(layerscale_init=1e-6, pos_embed='patches', num_registers=4), 7),   # DeiT-III + regs
-    (dict(layerscale_init=0.0, pos_embed='all', distillation=True), 5),      # distilled DeiT
-    (dict(layerscale_init=1e-5, pos_embed='all', patch_size=14, image_size=28), 0),  # DINOv2
+# What an export's pretrained_cfg carries (export.py: the workdir's evaluation).
+PREPROCESSING = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9,
+                     interpolation='bicubic')
+SMALL_VIT = dict(image_size=32, patch_size=8, width=48, depth=2, num_heads=4, mlp_ratio=2.0,
+                 qkv_bias=True, num_registers=0, distillation=False, head='linear',
+                 layer_norm_eps=1e-6, gate='none', svd_tap_layers=())
+
+
+def _data_config(model) -> dict:
+  """timm's resolve_data_config for the model (config.json's lists as tuples)."""
+  return {k: tuple(v) if isinstance(v, list) else v
+          for k, v in resolve_data_config({}, model=model).items()}
+
+
+@pytest.mark.parametrize('fields,num_classes,family', [
+    (dict(layerscale_init=1e-6, pos_embed='patches', num_registers=4), 7, 'deit3'),  # + regs
+    (dict(layerscale_init=0.0, pos_embed='all', distillation=True), 5, 'deit_distilled'),
+    (dict(layerscale_init=1e-5, pos_embed='all', patch_size=14, image_size=28), 0, 'dinov2'),
+    (dict(layerscale_init=1e-5, pos_embed='patches', num_registers=4, patch_size=14,
+          image_size=28), 3, 'dinov2_reg'),
+    (dict(layerscale_init=0.0, pos_embed='all'), 4, 'deit'),
 ])
-def test_export_loads_in_timm(tmp_path, fields, num_classes):
+def test_export_loads_in_timm(tmp_path, fields, num_classes, family):
   """export_timm's folder, read by timm itself (create_model('local-dir:...', pretrained=True)
   takes the architecture and model_args from config.json and the weights strictly), gives
-  the logits of the project's ViT; and hub.load reads it back to the same params."""
-  m = {**dict(image_size=32, patch_size=8, width=48, depth=2, num_heads=4, mlp_ratio=2.0,
-              qkv_bias=True, num_registers=0, distillation=False, head='linear',
-              layer_norm_eps=1e-6, gate='none', svd_tap_layers=()), **fields}
+  the logits of the project's ViT; and hub.load reads it back to the same params, as the
+  family whose layout it has."""
+  m = {**SMALL_VIT, **fields}
   model = vit.ViT(num_classes=num_classes, **m)
   params = _random_params(model, seed=10)
-  out = hub.export_timm(params, m, num_classes, str(tmp_path / 'exported'))
+  out = hub.export_timm(params, m, num_classes, str(tmp_path / 'exported'),
+                        preprocessing=PREPROCESSING)
   assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']
   assert os.listdir(tmp_path) == ['exported']          # no temporary folder left behind
   ref = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
   imported = hub.load(out)
-  assert imported.num_classes == num_classes
+  assert imported.num_classes == num_classes and imported.family == family
+  assert imported.preprocessing == PREPROCESSING
+  size = m['image_size']
+  assert _data_config(ref) == dict(input_size=(3, size, size), crop_mode='center',
+                                   **PREPROCESSING)
   for key in ('width', 'depth', 'num_heads', 'patch_size', 'pos_embed', 'num_registers',
               'distillation', 'image_size'):
     assert imported.model[key] == m[key], key
@@ -339,21 +365,22 @@ def test_export_refusals(tmp_path):
   m = dict(image_size=32, patch_size=8, width=48, depth=2, num_heads=4, mlp_ratio=2.0,
            layerscale_init=1e-6, pos_embed='patches')
   params = _random_params(vit.ViT(num_classes=3, **m), seed=11)
+  export = functools.partial(hub.export_timm, preprocessing=PREPROCESSING)
   for field, match in ((dict(gate='g2'), r"model.gate='g2' cannot be exported to timm; it "
                                          r"accepts 'none' \(G2 gates the values"),
                        (dict(gate='g1'), r"model.gate='g1' cannot be exported.*attn_layer"),
                        (dict(head='mlp'), r"model.head='mlp' cannot be exported"),
                        (dict(svd_tap_layers=(1,)), r'model.svd_tap_layers=\(1,\) cannot')):
     with pytest.raises(ValueError, match=match) as e:
-      hub.export_timm(params, {**m, **field}, 3, str(tmp_path / 'x'))
+      export(params, {**m, **field}, 3, str(tmp_path / 'x'))
     _one_line(e)
   with pytest.raises(ValueError, match=r'params do not fit model_config: blocks.0.mlp.fc1.bias '
                                        r'is \(96,\), the model has \(192,\)'):
-    hub.export_timm(params, {**m, 'mlp_ratio': 4.0}, 3, str(tmp_path / 'x'))
+    export(params, {**m, 'mlp_ratio': 4.0}, 3, str(tmp_path / 'x'))
   (tmp_path / 'full').mkdir()
   (tmp_path / 'full' / 'keep.txt').write_text('mine')
   with pytest.raises(FileExistsError, match=r'full exists and is not empty'):
-    hub.export_timm(params, m, 3, str(tmp_path / 'full'))
+    export(params, m, 3, str(tmp_path / 'full'))
   assert (tmp_path / 'full' / 'keep.txt').read_text() == 'mine'
   assert sorted(os.listdir(tmp_path)) == ['full']
 
@@ -382,6 +409,8 @@ def test_export_cli_from_a_workdir(tmp_path, capsys):
          _images(n=2, size=size))
   cfg = json.loads((tmp_path / 'out' / 'config.json').read_text())
   assert cfg['pretrained_cfg']['mean'] == list(config.dataset.mean)
+  assert cfg['pretrained_cfg']['crop_pct'] == 1.0       # digits: evaluated as they are
+  assert cfg['architecture'] == 'deit3_small_patch16_224'   # the registers model's layout
   config.model.gate = 'g2'
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   capsys.readouterr()
@@ -391,3 +420,110 @@ def test_export_cli_from_a_workdir(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.startswith("error: model.gate='g2' cannot be exported to timm") and err.count('\n') == 1
   assert not (tmp_path / 'out2').exists()
+
+
+def test_export_names_the_timm_architecture_of_its_family_width_patch_and_size():
+  """timm builds an export only by a registered name (model_args then set every field):
+  hub's table is every registered name of the families it writes, and an export takes the
+  one that matches its width, patch and resolution where timm has it."""
+  registered = {n for n in timm.list_models()
+                if re.fullmatch(r'deit3?_\w+_patch\d+_\d+|vit_\w+_dinov2', n)}
+  assert set(hub._TIMM_NAMES) == registered
+  s16 = dict(width=384, patch_size=16, image_size=224, layerscale_init=1e-6, pos_embed='patches')
+  for fields, name in (
+      (s16, 'deit3_small_patch16_224'), ({**s16, 'image_size': 384}, 'deit3_small_patch16_384'),
+      ({**s16, 'num_registers': 4}, 'deit3_small_patch16_224'),
+      ({**s16, 'layerscale_init': 0.0, 'pos_embed': 'all', 'distillation': True},
+       'deit_small_distilled_patch16_224'),
+      ({**s16, 'width': 768, 'image_size': 384, 'layerscale_init': 0.0, 'pos_embed': 'all'},
+       'deit_base_patch16_384'),
+      ({**s16, 'patch_size': 14, 'image_size': 518, 'layerscale_init': 1e-5, 'pos_embed': 'all'},
+       'vit_small_patch14_dinov2'),
+      ({**s16, 'patch_size': 14, 'image_size': 518, 'layerscale_init': 1e-5, 'num_registers': 4},
+       'vit_small_patch14_reg4_dinov2'),
+      ({**s16, 'width': 64, 'patch_size': 4, 'image_size': 16}, 'deit3_small_patch16_224')):
+    assert hub.timm_architecture(fields) == name, fields
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o027])
+def test_export_files_have_the_modes_the_umask_gives(tmp_path, umask):
+  """As any new file: 0644 / 0755 under umask 022 (safetensors alone would write 0600)."""
+  m = {**SMALL_VIT, 'layerscale_init': 1e-6, 'pos_embed': 'patches'}
+  params = _random_params(vit.ViT(num_classes=3, **m), seed=13)
+  old = os.umask(umask)
+  try:
+    out = hub.export_timm(params, m, 3, str(tmp_path / 'exported'), preprocessing=PREPROCESSING)
+  finally:
+    os.umask(old)
+  mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)
+  assert mode(out) == 0o777 & ~umask
+  for name in ('config.json', 'model.safetensors'):
+    assert mode(os.path.join(out, name)) == 0o666 & ~umask, name
+
+
+def _digit_tree(root, per_class=(150, 12)):
+  """An ImageFolder tree of the digits, each image resized to its own size between 17 and
+  31 pixels a side (non-square), so evaluation's resize and crop change every image."""
+  from vit_jax.data import sources
+  rng = np.random.default_rng(0)
+  for split, n in zip(('train', 'val'), per_class):
+    data = sources.digits(split, 16)
+    for label in range(10):
+      folder = os.path.join(root, split, str(label))
+      os.makedirs(folder)
+      for i in np.flatnonzero(data.labels == label)[:n]:
+        size = tuple(int(v) for v in rng.integers(17, 32, 2))
+        Image.fromarray(data.images[i]).resize(size, Image.BICUBIC).save(
+            os.path.join(folder, f'{i:04d}.png'))
+  return str(root)
+
+
+def _image_files(folder, source):
+  """The validation images as files, in the order of the split: PNGs of the digits, or the
+  folder tree's own files."""
+  if hasattr(source, 'samples'):
+    return [p for p, _ in source.samples], source.labels
+  os.makedirs(folder)
+  paths = [os.path.join(folder, f'{i:04d}.png') for i in range(len(source))]
+  for i, path in enumerate(paths):
+    Image.fromarray(source.images[i]).save(path)
+  return paths, source.labels
+
+
+@pytest.mark.parametrize('data,crop_pct,trained', [('digits', 1.0, 50), ('folder', 0.8, 20)])
+def test_an_exported_workdir_scores_in_timm_as_in_our_evaluation(tmp_path, data, crop_pct,
+                                                                 trained):
+  """Train a quick workdir (digits at their own 16 px; or an image folder of them at other
+  sizes, evaluated at crop 0.8), evaluate it (trainer=evaluate), export it, and run the
+  export as timm runs a hub checkpoint: create_model('local-dir:'), then
+  resolve_data_config + create_transform on the validation image files. The same top-1,
+  and logits within 1e-4. (Chance is 10%: `trained` says the predictions follow pixels.)"""
+  from vit_jax import config_lib
+  from vit_jax import export
+  from vit_jax.data import sources
+  from vit_jax.train import evaluate
+  from vit_jax.train import loop
+  c = config_lib.load('vanilla', 'quick')
+  c.update_from_flattened_dict({'total_epochs': 12, 'optim.warmup_epochs': 0.0,
+                                'optim.schedule_epoch_lag': 0})
+  if data == 'folder':
+    c.update_from_flattened_dict({'dataset.name': 'imagenet100', 'dataset.eval_crop_ratio': 0.8,
+                                  'dataset.data_dir': _digit_tree(tmp_path / 'tree')})
+  workdir = tmp_path / 'run'
+  loop.train_and_evaluate(c, str(workdir))
+  c.trainer = 'evaluate'
+  ours = evaluate.evaluate(c, str(workdir))
+  logits = np.load(workdir / f'evaluate_val_{ours["epoch"]}_raw.npz')['logits']
+  out = export.export(str(workdir), str(tmp_path / 'exported'))
+  model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+  data_config = _data_config(model)
+  assert data_config == dict(input_size=(3, 16, 16), interpolation='bicubic',
+                             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=crop_pct,
+                             crop_mode='center')
+  transform = create_transform(**data_config)
+  paths, labels = _image_files(str(tmp_path / 'images'), sources.get(c.dataset, 'val'))
+  with torch.no_grad():
+    theirs = model(torch.stack([transform(Image.open(p).convert('RGB')) for p in paths])).numpy()
+  assert ours['acc1'] > trained
+  assert 100.0 * np.mean(theirs.argmax(-1) == labels) == ours['acc1']
+  np.testing.assert_allclose(theirs, logits, atol=1e-4, rtol=0)

@@ -4,6 +4,7 @@ with them (DeiT) and over every parameter with clipping (seed 000), 5 steps each
 1e-10 relative; the learning rate of every update against timm's CosineLRScheduler and
 torch's CosineAnnealingLR stepped as the sources' training loops step them."""
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,11 +12,13 @@ import numpy as np
 import optax
 import pytest
 import torch
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from vit_jax import config_lib
+from vit_jax import models
 from vit_jax.models import convert
 from vit_jax.models import vit
 from vit_jax.train import optim
@@ -71,7 +74,8 @@ def _run_both(torch_model, model, torch_opt, tx, layout, grad_scale, clip_torch=
 
 def _cfg(name, **kw):
   return ml_collections.ConfigDict(dict(name=name, b1=0.9, b2=0.999, eps=1e-8,
-                                        weight_decay=0.05, **kw))
+                                        weight_decay=0.05, no_decay_params=optim.TOKEN_PARAMS)
+                                   | kw)
 
 
 @pytest.mark.parametrize('grad_scale', [0.01, 10.0])   # below and above LAMB's clip at 1.0
@@ -91,6 +95,50 @@ def test_adamw_with_timm_parameter_groups():
   torch_opt = create_optimizer_v2(torch_model, opt='adamw', lr=LR, weight_decay=0.05, eps=1e-8)
   tx = optim.build(_cfg('adamw', clip_grad_norm=0.0, decay_scope='matrices'), LR)
   got, want = _run_both(torch_model, model, torch_opt, tx, 'timm', 0.1)
+  chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-14)
+
+
+# DeiT's VisionTransformerDistilled (models.py) does not override no_weight_decay(), so it has
+# the one of the VisionTransformer of the timm it pins (0.3.2): {'pos_embed', 'cls_token'}.
+DEIT_NO_WEIGHT_DECAY = {'pos_embed', 'cls_token'}
+
+
+def _flat(tree) -> dict:
+  return flax.traverse_util.flatten_dict(tree, sep='/')
+
+
+def _timm_032_decayed(model, skip_list) -> set:
+  """Names of the parameters timm 0.3.2's optimizer factory decays (create_optimizer with
+  a weight decay: optim_factory.add_weight_decay): each trainable one that is not 1-D, not
+  a '.bias' and not in the model's no_weight_decay() (exact names)."""
+  return {name for name, p in model.named_parameters() if p.requires_grad and
+          not (p.ndim == 1 or name.endswith('.bias') or name in skip_list)}
+
+
+def test_deit_distill_decays_what_deits_timm_032_decays():
+  """DeiT's main.py: create_optimizer(args, model) with --weight-decay 0.05 on the distilled
+  model. timm 1.0's grouping exempts dist_token, 0.3.2's decays it: the groups are rebuilt as
+  0.3.2 made them, and AdamW over them runs 5 steps beside ours (configs/deit_distill.py)."""
+  torch.manual_seed(0)
+  torch_model = VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=48, depth=2,
+                                           num_heads=4, mlp_ratio=2.0, num_classes=7)
+  randomize_(torch_model, seed=4)
+  torch_model = torch_model.double()
+  model = vit.ViT(num_classes=7, **SHAPE, layerscale_init=0.0, pos_embed='all',
+                  distillation=True)
+  cfg = config_lib.load('deit_distill').optim
+  decayed = _timm_032_decayed(torch_model, DEIT_NO_WEIGHT_DECAY)
+  assert 'dist_token' in decayed and 'cls_token' not in decayed
+  marks = {n: np.full(p.shape, float(n in decayed)) for n, p in torch_model.named_parameters()}
+  theirs = {k for k, v in _flat(convert.from_torch(marks, model, 'timm')).items() if v.all()}
+  ours = {k for k, v in _flat(optim.mask_fn(cfg)(models.abstract_params(model))).items() if v}
+  assert ours == theirs, (sorted(ours - theirs), sorted(theirs - ours))
+  params = dict(torch_model.named_parameters())
+  torch_opt = torch.optim.AdamW(
+      [{'params': [p for n, p in params.items() if n not in decayed], 'weight_decay': 0.0},
+       {'params': [params[n] for n in sorted(decayed)], 'weight_decay': cfg.weight_decay}],
+      lr=LR, betas=(cfg.b1, cfg.b2), eps=cfg.eps)
+  got, want = _run_both(torch_model, model, torch_opt, optim.build(cfg, LR), 'timm', 0.1)
   chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-14)
 
 

@@ -14,6 +14,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from timm.data import create_transform, resolve_data_config
 from timm.models._hub import save_for_hf
 from torchvision import transforms
 
@@ -33,11 +34,16 @@ ATOL = 1e-4   # norms of about 5 to 30, float32 through two blocks
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _timm(num_classes, img_size=32, seed=0):
+# A checkpoint's own preprocessing, unlike both the quick config's (0.5, 0.5, crop 1.0) and
+# ImageNet's: what timm's resolve_data_config reads from its pretrained_cfg.
+OWN_PREPROCESSING = dict(mean=(0.3, 0.4, 0.5), std=(0.2, 0.25, 0.3), crop_pct=0.8)
+
+
+def _timm(num_classes, img_size=32, seed=0, **kwargs):
   """A DeiT-III (LayerScale, patch-only position embeddings), weights far from their init."""
   model = timm.create_model('deit3_small_patch16_224', pretrained=False, img_size=img_size,
                             patch_size=4, embed_dim=32, depth=2, num_heads=2,
-                            num_classes=num_classes).eval()
+                            num_classes=num_classes, **kwargs).eval()
   randomize_(model, seed=seed)
   return model
 
@@ -45,9 +51,11 @@ def _timm(num_classes, img_size=32, seed=0):
 @pytest.fixture(scope='module')
 def checkpoints(tmp_path_factory):
   """{name: (folder, timm model)}: DeiT-III with 10 and 5 classes at 32 px, 10 classes at
-  16 px; a headless DINOv2 with 4 registers (patch 14) at 56 px."""
+  16 px, and at 32 px with a preprocessing of its own; a headless DINOv2 with 4 registers
+  (patch 14) at 56 px."""
   models_ = {name: _timm(classes, size, seed=classes + size)
              for name, classes, size in (('c10', 10, 32), ('c5', 5, 32), ('c10_16', 10, 16))}
+  models_['own_cfg'] = _timm(10, 32, seed=5, pretrained_cfg_overlay=OWN_PREPROCESSING)
   models_['dinov2_reg'] = timm.create_model('vit_small_patch14_reg4_dinov2', pretrained=False,
                                             img_size=56, embed_dim=32, depth=2,
                                             num_heads=2).eval()
@@ -176,6 +184,35 @@ def test_analyze_a_folder_of_images_gives_timms_norms(tmp_path, checkpoints, nam
                                [want.mean(), want.max()], atol=ATOL, rtol=0)
 
 
+def test_analyze_uses_the_checkpoints_preprocessing_unless_the_command_line_sets_it(
+    tmp_path, checkpoints):
+  """No dataset flags: the analysed images are preprocessed as timm's resolve_data_config +
+  create_transform preprocess them for this checkpoint (its pretrained_cfg mean, std and
+  crop_pct, none of them the config's), and the import line says so; a flag set on the
+  command line is the config's, and the line says that."""
+  folder, model = checkpoints['own_cfg']
+  paths = _images(str(tmp_path / 'images'))
+  args = ['--config', 'configs/vanilla.py:quick', '--config.trainer=analyze',
+          f'--config.init.source={folder}', f'--config.analysis.images={tmp_path / "images"}',
+          '--config.model.image_size=32', '--config.dataset.image_size=32']
+  proc = run_main(args + ['--workdir', str(tmp_path / 'out')])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert ('preprocessing: mean=(0.3, 0.4, 0.5), std=(0.2, 0.25, 0.3), eval_crop_ratio=0.8 from '
+          'the checkpoint\n') in proc.stdout, proc.stdout
+  ref = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+  transform = create_transform(**resolve_data_config({}, model=ref))
+  norms, _, _ = _timm_norms(model, torch.stack([transform(Image.open(p).convert('RGB'))
+                                                for p in paths]))
+  o = json.loads((tmp_path / 'out' / 'analysis.json').read_text())['output_norms']
+  np.testing.assert_allclose([o['l2_norm_mean'], o['l2_norm_std'], o['l2_norm_max']],
+                             _stats(norms), atol=ATOL, rtol=0)
+  proc = run_main(args + ['--workdir', str(tmp_path / 'out2'),
+                          '--config.dataset.std=(0.5,0.5,0.5)'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert ('preprocessing: mean=(0.3, 0.4, 0.5), eval_crop_ratio=0.8 from the checkpoint; '
+          'std=(0.5, 0.5, 0.5) from the config (kept)\n') in proc.stdout, proc.stdout
+
+
 @pytest.mark.parametrize('shape', [(48, 36), (40, 50), (37, 91), (91, 37), (300, 199), (17, 23)])
 @pytest.mark.parametrize('size,ratio', [(56, 1.0), (32, 0.875), (16, 0.9)])
 def test_the_evaluation_crop_is_torchvisions(shape, size, ratio):
@@ -194,7 +231,12 @@ def test_analyze_on_the_split_reports_timms_top1(tmp_path, checkpoints):
   c = _config(folder, trainer='analyze')
   summary = analysis.analyze(c, str(tmp_path / 'out'))
   images, labels = analysis.probe_batch(c)
-  x = torch.from_numpy(((images / 255.0 - 0.5) / 0.5).transpose(0, 3, 1, 2).astype(np.float32))
+  # normalised as the checkpoint's pretrained_cfg says (timm's resolve_data_config), not as
+  # the config's digits (0.5, 0.5); the digits come at 16 px, uncropped
+  d = resolve_data_config({}, model=model)
+  assert (tuple(d['mean']), tuple(d['std'])) == (MEAN, STD)
+  x = torch.from_numpy(((images / 255.0 - np.float32(MEAN)) / np.float32(STD)).transpose(
+      0, 3, 1, 2).astype(np.float32))
   norms, _, logits = _timm_norms(model, x)
   assert summary['probe_images'] == len(labels) == c.probe.num_images
   assert summary['images'] == 'digits validation split'

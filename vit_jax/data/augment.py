@@ -8,11 +8,13 @@ The CPU side decodes and crops; everything else runs here, in the sources' order
    brightness, contrast and saturation come in a random order.
 2. After ToTensor and normalisation: random erasing per image (timm's
    RandomErasing, mode 'pixel', the last transform of DeiT's loader), then mixup /
-   cutmix over the batch (timm's Mixup, in DeiT's training loop).
+   cutmix (timm's Mixup, in DeiT's training loop), over the batch or, as DeiT on several
+   processes, over each of augment.mix_groups equal groups of rows by itself.
 
 Each image draws its own numbers from one key per batch. The draws and their
 application are separate functions, so tests can give both sides the same draws.
 """
+import functools
 import math
 
 import jax
@@ -194,6 +196,50 @@ def mixup_cutmix(key, images, targets, *, mixup_alpha: float, cutmix_alpha: floa
   return images, targets, lam, use_cutmix
 
 
+def group_keys(key, groups: int):
+  """One key per mixing group; a single group keeps `key` (the draws of one batch-wide Mixup)."""
+  return key[None] if groups == 1 else jax.random.split(key, groups)
+
+
+def mix_groups(key, images, targets, groups: int, **mix):
+  """DeiT's Mixup on each of its processes: the batch as `groups` equal runs of rows, each
+  mixed with its own reverse and its own lambda / box (mixup_cutmix). The groups are rows of
+  the batch, not devices, so the result does not depend on how the batch is sharded.
+  Returns (images, targets, lam, used_cutmix), the last two per group."""
+  b = images.shape[0]
+  if b % groups:
+    raise ValueError(f'a batch of {b} rows cannot be split into augment.mix_groups={groups} '
+                     f'equal groups')
+  split = lambda a: a.reshape(groups, b // groups, *a.shape[1:])
+  images, targets, lam, used = jax.vmap(functools.partial(mixup_cutmix, **mix))(
+      group_keys(key, groups), split(images), split(targets))
+  return images.reshape(b, *images.shape[2:]), targets.reshape(b, -1), lam, used
+
+
+def step_mix_groups(config) -> int:
+  """The groups of one train step: augment.mix_groups counts them in the global batch, and
+  with grad_accum_steps k a step holds 1/k of it (k micro-batches: mix_groups / k each, or
+  1 where k is a multiple of mix_groups and a group spans several micro-batches)."""
+  return max(1, config.augment.mix_groups // config.get('grad_accum_steps', 1))
+
+
+def check_mix_groups(config) -> None:
+  """Before any work: the global batch (each micro-batch) splits into equal groups."""
+  g, k = config.augment.mix_groups, config.get('grad_accum_steps', 1)
+  if not isinstance(g, int) or g < 1:
+    raise ValueError(f'augment.mix_groups={g!r} must be a whole number >= 1 (1 = one Mixup '
+                     f'over the global batch)')
+  if not (config.augment.mixup or config.augment.cutmix):
+    return
+  if g % k and k % g:
+    raise ValueError(f'augment.mix_groups={g} and grad_accum_steps={k}: one must divide the '
+                     f'other (each micro-batch holds whole groups, or a group whole micro-batches)')
+  rows, per_step = config.batch_size // k, step_mix_groups(config)
+  if rows % per_step:
+    raise ValueError(f'batch_size={config.batch_size} cannot be split into augment.mix_groups='
+                     f'{g} equal groups (each train step of {rows} rows mixes {per_step})')
+
+
 # --- the recipe ---------------------------------------------------------------------------
 
 def augment_batch(key, images_uint8, targets, config):
@@ -206,7 +252,7 @@ def augment_batch(key, images_uint8, targets, config):
   if a.erase_prob:
     x = random_erase(k_erase, x, prob=a.erase_prob)
   if a.mixup or a.cutmix:
-    x, targets, _, _ = mixup_cutmix(k_mix, x, targets, mixup_alpha=a.mixup,
-                                    cutmix_alpha=a.cutmix, switch_prob=a.mix_switch_prob,
-                                    box=a.cutmix_box)
+    x, targets, _, _ = mix_groups(k_mix, x, targets, step_mix_groups(config),
+                                  mixup_alpha=a.mixup, cutmix_alpha=a.cutmix,
+                                  switch_prob=a.mix_switch_prob, box=a.cutmix_box)
   return x, targets

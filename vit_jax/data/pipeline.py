@@ -20,6 +20,7 @@ from vit_jax.data import samplers
 from vit_jax.data import sources
 
 PADDING_MODES = ('constant', 'reflect')   # dataset.crop_padding_mode (np.pad modes)
+EVAL_INTERPOLATION = 'bicubic'             # center_crop's resize, as timm's configs name it
 
 
 def pad_crop(image: np.ndarray, padding: int, mode: str, rng: np.random.Generator):
@@ -127,6 +128,16 @@ class TrainStream:
     if workers:
       it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return iter(it)
+
+
+def eval_preprocessing(dataset_cfg) -> dict:
+  """The evaluation's preprocessing in timm's pretrained_cfg terms (mean, std, crop_pct,
+  interpolation). Images of any size are resized and centre-cropped at eval_crop_ratio; the
+  others come at image_size and are used as they are, which crop_pct 1.0 keeps so in timm's
+  transform (a resize to the size an image has is none)."""
+  crop = dataset_cfg.eval_crop_ratio if sources.eval_crop(dataset_cfg) else 1.0
+  return dict(mean=tuple(dataset_cfg.mean), std=tuple(dataset_cfg.std), crop_pct=float(crop),
+              interpolation=EVAL_INTERPOLATION)
 
 
 def eval_batches(source, batch_size: int, limit: int | None = None, image_size: int | None = None,

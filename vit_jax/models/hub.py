@@ -23,7 +23,8 @@ import math
 import os
 import re
 import shutil
-import tempfile
+import stat
+import uuid
 from typing import Any, Mapping
 
 import numpy as np
@@ -54,6 +55,8 @@ _MODEL_ARGS = {'img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool
                'no_embed_class', 'reg_tokens', 'drop_rate', 'pos_drop_rate', 'proj_drop_rate',
                'attn_drop_rate', 'drop_path_rate', 'dynamic_img_size'}
 WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
+# pretrained_cfg's keys of the evaluation preprocessing (timm's resolve_data_config reads them).
+PREPROCESSING = ('mean', 'std', 'crop_pct', 'interpolation')
 
 
 @dataclasses.dataclass
@@ -63,6 +66,9 @@ class Imported:
   params: dict       # numpy pytree for the model at the requested image_size
   source: str        # the resolved weights file
   family: str        # 'deit', 'deit_distilled', 'deit3', 'augreg', 'dinov2', 'dinov2_reg'
+  # What its config.json's pretrained_cfg says it was evaluated with (PREPROCESSING keys it
+  # names; none without a config.json).
+  preprocessing: dict = dataclasses.field(default_factory=dict)
 
 
 # --- finding the files --------------------------------------------------------------
@@ -333,6 +339,14 @@ def _build(model_fields: dict, num_classes: int):
   return model
 
 
+def preprocessing(config: dict | None) -> dict:
+  """The PREPROCESSING values a timm config.json names (pretrained_cfg, or the older layout
+  that holds them at the top level), mean and std as tuples."""
+  pc = (config or {}).get('pretrained_cfg', config) or {}
+  return {k: tuple(pc[k]) if isinstance(pc[k], list) else pc[k] for k in PREPROCESSING
+          if pc.get(k) is not None}
+
+
 def load(source: str, image_size: int | None = None) -> Imported:
   """A pretrained checkpoint (see the module docstring) -> Imported, at `image_size`
   (default: the checkpoint's own), position embeddings resampled as timm does."""
@@ -358,15 +372,28 @@ def load(source: str, image_size: int | None = None) -> Imported:
     params['pos_embedding'] = resample_pos_embed(params['pos_embedding'],
                                                  size // model['patch_size'], prefix)
   return Imported(model=model, num_classes=num_classes, params=params, source=weights,
-                  family=family)
+                  family=family, preprocessing=preprocessing(config))
 
 
 # --- export ---------------------------------------------------------------------------------
 
-# timm's architecture names by width; model_args set every field, the name only picks the
-# model function (VisionTransformer, or VisionTransformerDistilled for the dist token).
-_SIZES = {192: 'tiny', 384: 'small', 768: 'base', 1024: 'large'}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The ViT architectures timm registers, by family: timm.create_model builds only a registered
+# name (its model function); the config.json model_args then set every field over the name's
+# defaults. (DINOv2 names carry no resolution: 518.)
+_TIMM_NAMES = (
+    'deit_tiny_patch16_224', 'deit_small_patch16_224', 'deit_base_patch16_224',
+    'deit_base_patch16_384', 'deit_tiny_distilled_patch16_224',
+    'deit_small_distilled_patch16_224', 'deit_base_distilled_patch16_224',
+    'deit_base_distilled_patch16_384', 'deit3_small_patch16_224', 'deit3_small_patch16_384',
+    'deit3_medium_patch16_224', 'deit3_base_patch16_224', 'deit3_base_patch16_384',
+    'deit3_large_patch16_224', 'deit3_large_patch16_384', 'deit3_huge_patch14_224',
+    'vit_small_patch14_dinov2', 'vit_base_patch14_dinov2', 'vit_large_patch14_dinov2',
+    'vit_giant_patch14_dinov2', 'vit_small_patch14_reg4_dinov2', 'vit_base_patch14_reg4_dinov2',
+    'vit_large_patch14_reg4_dinov2', 'vit_giant_patch14_reg4_dinov2')
+# Widths of timm's size words (DINOv2's giant: 1536).
+_WIDTHS = {'tiny': 192, 'small': 384, 'medium': 512, 'base': 768, 'large': 1024, 'huge': 1280,
+           'giant': 1536}
+DINOV2_SIZE = 518
 
 
 def _exportable(m: Mapping[str, Any], num_classes: int) -> None:
@@ -395,12 +422,40 @@ def _exportable(m: Mapping[str, Any], num_classes: int) -> None:
                        f'it accepts {accepted}')
 
 
-def timm_config(m: Mapping[str, Any], num_classes: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                crop_pct: float = 0.875) -> dict:
-  """config.json as timm's save_config_for_hf writes it for this model."""
-  size = _SIZES.get(m['width'], 'base')
-  arch = (f'deit_{"base" if size == "large" else size}_distilled_patch16_224'
-          if m.get('distillation') else f'vit_{size}_patch16_224')
+def export_family(m: Mapping[str, Any]) -> str:
+  """The family whose layout the model has: DeiT's dist token; LayerScale with position
+  embeddings on the cls token too (DINOv2), or on the patches only (DeiT-III; with
+  registers at patch 14, DINOv2's); no LayerScale: DeiT."""
+  if m.get('distillation'):
+    return 'deit_distilled'
+  if m.get('layerscale_init'):
+    if m.get('pos_embed') == 'all':
+      return 'dinov2'
+    if m.get('num_registers') and int(m['patch_size']) == 14:
+      return 'dinov2_reg'
+  elif m.get('pos_embed') == 'all':
+    return 'deit'
+  return 'deit3'
+
+
+def timm_architecture(m: Mapping[str, Any]) -> str:
+  """timm's registered name of the model's family that is nearest to it: the same patch,
+  then the nearest width, then the nearest resolution (deit3_small_patch16_224 for a
+  DeiT-III ViT-S/16 at 224, vit_small_patch14_dinov2 for a DINOv2 ViT-S/14 at 518)."""
+  family = export_family(m)
+
+  def distance(name):
+    g = _ARCH.fullmatch(name)
+    size = DINOV2_SIZE if g['tail'] == 'dinov2' else int(g['tail'])
+    return (int(g['patch']) != int(m['patch_size']), abs(_WIDTHS[g['size']] - int(m['width'])),
+            abs(size - int(m['image_size'])))
+  return min((n for n in _TIMM_NAMES if _family(n, n)[0] == family), key=distance)
+
+
+def timm_config(m: Mapping[str, Any], num_classes: int, preprocessing: Mapping[str, Any]) -> dict:
+  """config.json as timm's save_config_for_hf writes it for this model; `preprocessing`
+  (mean, std, crop_pct, interpolation) is what it was evaluated with, which timm's
+  resolve_data_config + create_transform then reproduce."""
   s = int(m['image_size'])
   layerscale = m.get('layerscale_init', 0.0)
   args = dict(img_size=[s, s], patch_size=int(m['patch_size']), in_chans=3,
@@ -412,19 +467,22 @@ def timm_config(m: Mapping[str, Any], num_classes: int, mean=IMAGENET_MEAN, std=
               reg_tokens=int(m.get('num_registers', 0)))
   classifier = ['head', 'head_dist'] if m.get('distillation') else 'head'
   pretrained_cfg = dict(tag='vit_jax', custom_load=False, input_size=[3, s, s],
-                        fixed_input_size=True, interpolation='bicubic', crop_pct=crop_pct,
-                        crop_mode='center', mean=list(mean), std=list(std),
-                        num_classes=num_classes, pool_size=None, first_conv='patch_embed.proj',
-                        classifier=classifier)
-  return dict(architecture=arch, num_classes=num_classes, num_features=int(m['width']),
-              global_pool='token', model_args=args, pretrained_cfg=pretrained_cfg)
+                        fixed_input_size=True, interpolation=preprocessing['interpolation'],
+                        crop_pct=float(preprocessing['crop_pct']), crop_mode='center',
+                        mean=[float(v) for v in preprocessing['mean']],
+                        std=[float(v) for v in preprocessing['std']], num_classes=num_classes,
+                        pool_size=None, first_conv='patch_embed.proj', classifier=classifier)
+  return dict(architecture=timm_architecture(m), num_classes=num_classes,
+              num_features=int(m['width']), global_pool='token', model_args=args,
+              pretrained_cfg=pretrained_cfg)
 
 
-def export_timm(params, model_config, num_classes: int, out_dir: str, **data) -> str:
+def export_timm(params, model_config, num_classes: int, out_dir: str, *,
+                preprocessing: Mapping[str, Any]) -> str:
   """Writes `out_dir` in the hub layout timm reads (model.safetensors + config.json;
   timm.create_model('local-dir:' + out_dir, pretrained=True) builds it), atomically: a
-  temporary folder beside it, renamed into place. `data`: mean, std, crop_pct for
-  pretrained_cfg (default ImageNet's). Returns out_dir."""
+  temporary folder beside it, renamed into place, with the modes the umask gives new files.
+  `preprocessing`: timm_config's. Returns out_dir."""
   from safetensors.numpy import save_file
   m = dict(model_config)
   _exportable(m, num_classes)
@@ -441,14 +499,17 @@ def export_timm(params, model_config, num_classes: int, out_dir: str, **data) ->
       got = tuple(state[key].shape) if key in state else 'missing'
       raise ValueError(f'params do not fit model_config: {key} is {got}, the model has '
                        f'{tuple(value.shape)}')
+  config = timm_config(m, num_classes, preprocessing)
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.', dir=parent)
+  tmp = os.path.join(parent, f'.{os.path.basename(out_dir)}.{uuid.uuid4().hex}')
+  os.mkdir(tmp)     # not tempfile.mkdtemp: its folder is 0700 whatever the umask
   try:
-    save_file(state, os.path.join(tmp, 'model.safetensors'))
     with open(os.path.join(tmp, 'config.json'), 'w') as f:
-      json.dump(timm_config(m, num_classes, **data), f, indent=2)
-    os.chmod(tmp, 0o755)
+      json.dump(config, f, indent=2)
+    weights = os.path.join(tmp, 'model.safetensors')
+    save_file(state, weights)   # safetensors writes 0600; give it the mode open() gave
+    os.chmod(weights, stat.S_IMODE(os.stat(os.path.join(tmp, 'config.json')).st_mode))
     os.replace(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -17,6 +17,10 @@ from vit_jax.models import hub
 
 # Parameter trees that depend on the number of classes.
 HEADS = ('head', 'head_dist')
+# dataset fields of the evaluation preprocessing <- the pretrained_cfg key timm reads each from.
+PREPROCESSING = {'mean': 'mean', 'std': 'std', 'eval_crop_ratio': 'crop_pct'}
+# What evaluation resizes with (pipeline.center_crop); a checkpoint may name another.
+INTERPOLATION = 'bicubic'
 # Parameters a config can add that no imported checkpoint has: the field that adds them.
 _ADDED_BY = (('svd_proj_', 'model.svd_tap_layers'), ('/gate/', 'model.gate'),
              ('head/hidden', 'model.head'), ('head/norm', 'model.head'))
@@ -46,16 +50,39 @@ def _coerce(old, new):
   return new
 
 
+def keep_command_line(config, overrides) -> None:
+  """main: a preprocessing field set on the command line (`overrides`: ml_collections'
+  {dotted key: value} of the --config.* flags) stays the config's, as if the config had named
+  it in init.keep_preprocessing."""
+  if 'init' not in config:
+    return
+  kept = tuple(config.init.keep_preprocessing)
+  config.init.keep_preprocessing = kept + tuple(
+      f for f in PREPROCESSING if f'dataset.{f}' in overrides and f not in kept)
+
+
+def _kept(config) -> tuple:
+  kept = tuple(config.init.keep_preprocessing)
+  unknown = [f for f in kept if f not in PREPROCESSING]
+  if unknown:
+    raise ValueError(f'init.keep_preprocessing={kept!r} names {unknown[0]!r}; each must be one '
+                     f'of {tuple(PREPROCESSING)}')
+  return kept
+
+
 def load(config):
   """hub.Imported of config.init.source at config.model.image_size, or None when unset.
 
   The checkpoint's architecture fields are written into config.model (every field hub
-  reports except image_size). Preflight, the training run and the analysis each call
-  this; the checkpoint is read once per process (until its files change).
+  reports except image_size), and its preprocessing (pretrained_cfg mean, std, crop_pct)
+  into config.dataset, except the fields init.keep_preprocessing keeps. Preflight, the
+  training run and the analysis each call this; the checkpoint is read once per process
+  (until its files change).
   """
   src = source(config)
   if not src:
     return None
+  kept = _kept(config)
   key = (src, int(config.model.image_size), _stamp(src))
   if key not in _CACHE:
     _CACHE.clear()    # one checkpoint at a time: a ViT-g's parameters are gigabytes
@@ -63,15 +90,35 @@ def load(config):
   imported = _CACHE[key]
   config.model.update({k: _coerce(config.model[k], v) for k, v in imported.model.items()
                        if k != 'image_size'})
+  config.dataset.update({f: _coerce(config.dataset[f], imported.preprocessing[k])
+                         for f, k in PREPROCESSING.items()
+                         if f not in kept and k in imported.preprocessing})
   return imported
 
 
+def preprocessing_note(config, imported) -> str:
+  """Which preprocessing the run uses and whose it is: 'preprocessing: mean=..., std=... from
+  the checkpoint; eval_crop_ratio=... from the config (kept)'."""
+  kept, groups = _kept(config), {}
+  for f, k in PREPROCESSING.items():
+    where = ('the config (kept)' if f in kept else 'the checkpoint' if k in imported.preprocessing
+             else 'the config (the checkpoint names none)')
+    value = config.dataset[f]
+    groups.setdefault(where, []).append(
+        f'{f}={tuple(value) if isinstance(value, (list, tuple)) else value}')
+  note = '; '.join(f'{", ".join(items)} from {where}' for where, items in groups.items())
+  other = imported.preprocessing.get('interpolation', INTERPOLATION)
+  if other != INTERPOLATION:
+    note += f' (its interpolation {other!r} is not followed: evaluation resizes {INTERPOLATION})'
+  return f'preprocessing: {note}'
+
+
 def describe(config, imported) -> str:
-  """One line: the checkpoint and the architecture it gave config.model."""
+  """One line: the checkpoint, the architecture it gave config.model and the preprocessing."""
   arch = ', '.join(f'{k}={v}' for k, v in imported.model.items() if k != 'image_size')
   return (f'init.source={imported.source!r} ({imported.family}, {imported.num_classes} '
           f'classes, native {imported.model["image_size"]}px, used at '
-          f'{config.model.image_size}px): {arch}')
+          f'{config.model.image_size}px): {arch}; {preprocessing_note(config, imported)}')
 
 
 def keeps_head(config, imported) -> bool:

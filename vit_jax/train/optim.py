@@ -2,8 +2,8 @@
 
 One mask rule decides which parameters are "weight matrices": those get
 weight decay and (for LAMB) the trust ratio; everything else (biases, norms,
-LayerScale gammas, cls/dist/register tokens, position embeddings) gets plain
-Adam-like updates. `optax.lamb(mask=...)` masks only the decay, not the trust
+LayerScale gammas, and the tokens and position embeddings optim.no_decay_params
+names) gets plain Adam-like updates. `optax.lamb(mask=...)` masks only the decay, not the trust
 ratio, which is the bug of seed 002, so LAMB is built from its parts here.
 """
 import functools
@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-# Parameters that are tokens or embeddings, never decayed, even though >= 2-D.
-NO_DECAY_NAMES = frozenset({'cls', 'dist', 'registers', 'pos_embedding'})
+# The >= 2-D parameters that are tokens or position embeddings: optim.no_decay_params names
+# which of them are kept out of weight decay, as a timm model's no_weight_decay() does.
+TOKEN_PARAMS = ('cls', 'dist', 'registers', 'pos_embedding')
 # The SVD tap projections get no gradient (the taps are detached); torch's optimizers
 # skip a parameter whose .grad is None, so in seed 000 they are not decayed either.
 NO_GRADIENT_PREFIXES = ('svd_proj_',)
@@ -27,22 +28,38 @@ def _gets_gradient(path) -> bool:
   return not any(getattr(p, 'key', '').startswith(NO_GRADIENT_PREFIXES) for p in path)
 
 
-def decay_mask(params, scope: str = 'matrices'):
+def check_no_decay(names) -> None:
+  unknown = [n for n in names if n not in TOKEN_PARAMS]
+  if unknown:
+    raise ValueError(f'optim.no_decay_params={tuple(names)!r} names {unknown[0]!r}; each must '
+                     f'be one of {TOKEN_PARAMS}')
+
+
+def decay_mask(params, scope: str = 'matrices', no_decay=TOKEN_PARAMS):
   """Which parameters get weight decay (and, for LAMB, the trust ratio).
 
-  'matrices' (timm's create_optimizer_v2 groups, DeiT / DeiT-III): kernels of >= 2
-  dims that are not tokens or position embeddings. 'all' (seed 000's
-  torch.optim.AdamW(model.parameters())): every parameter that gets a gradient.
+  'matrices' (timm's parameter groups, DeiT / DeiT-III): parameters of >= 2 dims not named
+  in `no_decay` (the model's no_weight_decay(): timm >= 1.0 names every token and the
+  position embedding; the timm 0.3.2 DeiT pins leaves its dist token out, so decays it).
+  'all' (seed 000's torch.optim.AdamW(model.parameters())): every parameter that gets a
+  gradient.
   """
   if scope not in DECAY_SCOPES:
     raise ValueError(f'optim.decay_scope={scope!r} is not one of {DECAY_SCOPES}')
+  check_no_decay(no_decay)
 
   def decayed(path, x):
     name = getattr(path[-1], 'key', str(path[-1]))
     if not _gets_gradient(path):
       return False
-    return scope == 'all' or (x.ndim >= 2 and name not in NO_DECAY_NAMES)
+    return scope == 'all' or (x.ndim >= 2 and not (len(path) == 1 and name in no_decay))
   return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def mask_fn(cfg: ml_collections.ConfigDict):
+  """decay_mask with config.optim's scope and names, checked now (before any work)."""
+  decay_mask({}, cfg.decay_scope, cfg.no_decay_params)
+  return functools.partial(decay_mask, scope=cfg.decay_scope, no_decay=cfg.no_decay_params)
 
 
 def scaled_lr(cfg: ml_collections.ConfigDict, batch_size: int) -> float:
@@ -112,8 +129,7 @@ OPTIMIZERS = {
 def build(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
   if cfg.name not in OPTIMIZERS:
     raise ValueError(f'optim.name={cfg.name!r} is not one of {tuple(OPTIMIZERS)}')
-  mask = functools.partial(decay_mask, scope=cfg.decay_scope)
-  opt = OPTIMIZERS[cfg.name](cfg, lr, mask)
+  opt = OPTIMIZERS[cfg.name](cfg, lr, mask_fn(cfg))
   if cfg.clip_grad_norm:
     opt = optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), opt)
   return opt
