@@ -108,3 +108,23 @@ first, second = float(step()), float(step())
 assert np.isfinite(first) and first != second
 """
   subprocess.run([sys.executable, '-c', code], check=True, timeout=300)
+
+
+def test_fmnist_mode_times_the_recipe_step_the_bare_matmuls_and_timm():
+  """The bare matmuls are the step's: their FLOPs are 80-100% of XLA's count of the whole
+  compiled :fmnist step (the rest is elementwise work: LayerNorm, GELU, softmax, LAMB,
+  augmentation); a matmul left out of the list (the MLP's, ~60%) or counted twice falls
+  outside. One round, with timm's step beside them."""
+  from vit_jax import config_lib
+  c = config_lib.load('vanilla', 'fmnist')
+  c.batch_size = 8
+  step = bench_model.JaxStep(c)
+  gemm = sum(2.0 * b * m * k * n for b, m, k, n in bench_model.step_gemms(c))
+  assert 0.8 <= gemm / step.flops <= 1.0, gemm / step.flops
+  out = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.bench', 'model', '--mode', 'fmnist', '--steps', '1',
+       '--warmup', '0', '--fmnist_batches', '8', '--timm'], capture_output=True, text=True,
+      timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  line = [l for l in out.stdout.splitlines() if l.startswith('fmnist')][0]
+  assert 'of the bare matmuls' in line and 'timm eager' in line, line

@@ -43,7 +43,7 @@ def test_an_unknown_benchmark_is_one_line():
   proc = subprocess.run([sys.executable, '-m', 'vit_jax.bench', 'gpus'], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
-      "error: unknown benchmark 'gpus'; available: data, model, checkpoint, gpu, seeds"]
+      "error: unknown benchmark 'gpus'; available: data, model, checkpoint, gpu, seeds, peer"]
 
 
 @needs_gpu

@@ -51,8 +51,12 @@ def finished(workdir: str) -> bool:
   return len(lines) > 1 and int(lines[-1].split(',')[0]) >= total
 
 
-def collect(workdir: str, dest: str, plots: bool, commit: bool, message: str) -> None:
+def collect(workdir: str, dest: str, plots: bool, commit: bool, message: str,
+            info: dict | None = None) -> None:
   os.makedirs(dest, exist_ok=True)
+  if info:
+    with open(os.path.join(dest, 'run.json'), 'w') as f:
+      json.dump(info, f, indent=1)
   for name in ('metrics.csv', 'train.log', 'analysis.json', 'analysis.md', 'config.json',
                'sweep.json'):
     if os.path.exists(os.path.join(workdir, name)):
@@ -81,28 +85,38 @@ def one(study: str, name: str, config: str, sets: list[str], seed: int, commit: 
     return
   args = [sys.executable, '-m', 'vit_jax.sweep', '--config', config, '--seeds', str(seed),
           '--root', root] + [a for s in sets for a in ('--set', s)]
-  t0 = time.time()
+  t0, load0 = time.time(), os.getloadavg()[0]
   sh(args)
   wall = time.time() - t0
+  # The 1-minute load average at the start and the 15-minute one at the end: above ~2 the
+  # 2-core machine was shared and the wall time is not this run's alone.
+  info = {'command': ' '.join(args[1:]), 'wall_s': wall,
+          'load_avg': [load0, os.getloadavg()[2]], 'host_cpus': os.cpu_count()}
   analyze = [sys.executable, '-m', 'vit_jax.main', '--config', config, '--workdir', workdir,
              f'--config.seed={seed}', '--config.trainer=analyze'] + [f'--config.{s}' for s in sets]
   with open(os.path.join(workdir, 'analyze.log'), 'w') as log:
     sh(analyze, log)
   collect(workdir, dest, plots=seed == 0, commit=commit,
-          message=f'results/fashion_mnist: {study} {name} seed {seed} ({wall / 60:.1f} min)')
+          message=f'results/fashion_mnist: {study} {name} seed {seed} ({wall / 60:.1f} min)',
+          info=info)
 
 
 def teacher(commit: bool) -> None:
   dest = f'{OUT}/s001/teacher'
   if os.path.exists(os.path.join(dest, 'metrics.csv')):
     return
+  info = None
   if not finished(TEACHER):
     os.makedirs(TEACHER, exist_ok=True)
+    cmd = [sys.executable, '-m', 'vit_jax.main', '--config', 'configs/teacher_resnet.py:fmnist',
+           '--workdir', TEACHER]
+    t0, load0 = time.time(), os.getloadavg()[0]
     with open(os.path.join(TEACHER, 'train.log'), 'a') as log:
-      sh([sys.executable, '-m', 'vit_jax.main', '--config', 'configs/teacher_resnet.py:fmnist',
-          '--workdir', TEACHER], log)
+      sh(cmd, log)
+    info = {'command': ' '.join(cmd[1:]), 'wall_s': time.time() - t0,
+            'load_avg': [load0, os.getloadavg()[2]], 'host_cpus': os.cpu_count()}
   collect(TEACHER, dest, plots=False, commit=commit,
-          message='results/fashion_mnist: s001 ResNet teacher')
+          message='results/fashion_mnist: s001 ResNet teacher', info=info)
 
 
 def main():

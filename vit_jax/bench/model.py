@@ -14,6 +14,13 @@ memory from that executable's memory analysis (each variant its own, on every de
 
 `epoch` mode: one CIFAR-100-sized epoch (50k images) of DeiT-S/4 with the
 seed-000 recipe's on-device augmentation, on synthetic uint8 batches.
+
+`fmnist` mode: the train step of `configs/vanilla.py:fmnist` as a run takes it (its
+on-device augmentation, LAMB, BCE), against the same matmuls timed bare (every GEMM of
+the step's forward and backward at its own shapes, in one jitted call) and, with --timm,
+timm's VisionTransformer of the same shape (eager; timm's Mixup on the batch, BCE on
+binarised targets, timm's LAMB), in interleaved rounds, with the batch sizes of
+--fmnist_batches.
 """
 import os
 import statistics
@@ -33,7 +40,10 @@ from vit_jax.models import variants
 VARIANTS = tuple(variants.VARIANTS) + ('svd', 'distill')
 PATCH = {32: 4, 224: 16}
 
-_MODE = flags.DEFINE_enum('mode', 'step', ['step', 'epoch'], 'What `bench model` times.')
+_MODE = flags.DEFINE_enum('mode', 'step', ['step', 'epoch', 'fmnist'], 'What `bench model` times.')
+_FMNIST_BATCHES = flags.DEFINE_list('fmnist_batches', ['64'], '`--mode fmnist`: batch sizes.')
+_FMNIST_CONFIG = flags.DEFINE_string('fmnist_config', 'vanilla',
+                                     '`--mode fmnist`: the config whose :fmnist step is timed.')
 _SHAPES = flags.DEFINE_list('shapes', ['32', '224'], 'Image sizes: 32 (patch 4), 224 (patch 16).')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
 _VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'Model variants.')
@@ -267,6 +277,71 @@ def bench_epoch(dtype: str, batch: int, images: int, attention: str = 'xla',
           'seconds_per_50k': 50_000 / (steps * batch / secs)}
 
 
+def step_gemms(c) -> list[tuple[int, int, int, int]]:
+  """(batch, m, k, n) of every matmul of a ViT train step: per dense layer the forward
+  x W, the input gradient dy W^T and the weight gradient x^T dy; per attention the
+  scores and the weighted values, each with its two gradients; the patch embedding
+  (forward and weight gradient) and the head."""
+  m, b = c.model, c.batch_size
+  t = (m.image_size // m.patch_size) ** 2 + 1 + m.num_registers + int(m.distillation)
+  rows, w, hd = b * t, m.width, m.width // m.num_heads
+  hidden = int(m.width * m.mlp_ratio)
+  dense = [(w, 3 * w), (w, w), (w, hidden), (hidden, w)] + ([(w, w)] if m.gate != 'none' else [])
+  shapes = []
+  for _ in range(m.depth):
+    for k, n in dense:
+      shapes += [(1, rows, k, n), (1, rows, n, k), (1, k, rows, n)]
+    shapes += [(b * m.num_heads, t, hd, t), (b * m.num_heads, t, t, hd)] * 3
+  patch_in = 3 * m.patch_size ** 2
+  patches = b * (m.image_size // m.patch_size) ** 2
+  shapes += [(1, patches, patch_in, w), (1, patch_in, patches, w)]
+  shapes += [(1, b, w, c.dataset.num_classes)] * 3
+  return shapes
+
+
+def gemm_runner(shapes, dtype=jnp.float32):
+  """A runner of the bare matmuls (one jitted call) and their FLOPs."""
+  rng = np.random.default_rng(0)
+  args = [(jnp.asarray(rng.normal(size=(bb, mm, kk)), dtype),
+           jnp.asarray(rng.normal(size=(bb, kk, nn)), dtype)) for bb, mm, kk, nn in shapes]
+  fn = jax.jit(lambda args: [jnp.matmul(a, b) for a, b in args])
+  jax.block_until_ready(fn(args))
+  return (lambda: jax.block_until_ready(fn(args))), sum(2.0 * bb * mm * kk * nn
+                                                          for bb, mm, kk, nn in shapes)
+
+
+def bench_fmnist(rounds: int, warmup: int, timm: bool, batches=(64,)) -> dict:
+  out = {'config': f'configs/{_FMNIST_CONFIG.value}.py:fmnist', 'batches': []}
+  for batch in batches:
+    c = config_lib.load(_FMNIST_CONFIG.value, 'fmnist')
+    c.batch_size = batch
+    ours = JaxStep(c)
+    gemms, gemm_flops = gemm_runner(step_gemms(c))
+    runners = {'ours': ours, 'gemms': gemms}
+    if timm:
+      from vit_jax.bench import timm_runner as bench_timm
+      runners['timm'] = bench_timm.fmnist_runner(c)
+      runners['timm']()
+    secs = interleaved_medians(runners, rounds, warmup)
+    row = {'batch': batch, 'step_s': secs['ours'], 'images_per_s': batch / secs['ours'],
+           'flops_per_step': ours.flops, 'flops_per_s': ours.flops / secs['ours'],
+           'gemm_flops': gemm_flops, 'gemm_flops_per_s': gemm_flops / secs['gemms'],
+           'gemm_s': secs['gemms']}
+    row['of_bare_gemm_rate'] = row['flops_per_s'] / row['gemm_flops_per_s']
+    row['gemm_share_of_step'] = secs['gemms'] / secs['ours']
+    if timm:
+      row['timm_step_s'] = secs['timm']
+      row['ours_over_timm_speed'] = secs['timm'] / secs['ours']
+    out['batches'].append(row)
+    print(f"fmnist {out['config']} batch {batch}: step {row['step_s'] * 1e3:.1f} ms "
+          f"({row['images_per_s']:.0f} img/s), {row['flops_per_s'] / 1e9:.0f} GFLOP/s = "
+          f"{row['of_bare_gemm_rate']:.2f} of the bare matmuls' {row['gemm_flops_per_s'] / 1e9:.0f}"
+          f" GFLOP/s at the step's shapes (they take {row['gemm_share_of_step']:.0%} of its time)"
+          + (f"; timm eager {row['timm_step_s'] * 1e3:.1f} ms: ours {row['ours_over_timm_speed']:.2f}x"
+             if timm else ''), flush=True)
+  return out
+
+
 def run(save=lambda results: None) -> dict:
   """Runs the flagged benchmark, prints it, and returns the numbers (`save`d after each group)."""
   results = {'device': str(jax.devices()[0].device_kind), 'platform': jax.devices()[0].platform,
@@ -276,6 +351,10 @@ def run(save=lambda results: None) -> dict:
     import timm
     import torch
     results.update(torch=torch.__version__, timm=timm.__version__)
+  if _MODE.value == 'fmnist':
+    results['fmnist'] = bench_fmnist(_STEPS.value, _WARMUP.value, _TIMM.value,
+                                     [int(b) for b in _FMNIST_BATCHES.value])
+    return results
   if _MODE.value == 'epoch':
     results['epochs'] = []
     for dtype in _DTYPES.value:

@@ -24,6 +24,10 @@ from vit_jax import config_lib
 from vit_jax.bench import model as bench_model
 
 _ROUNDS = flags.DEFINE_integer('seed_rounds', 5, '`bench seeds`: timed rounds.')
+_ARG = flags.DEFINE_enum('seed000_arg', '', ['', 'fmnist'],
+                         "`bench seeds`: seed 000's configs as published ('': CIFAR-100 "
+                         "shapes, batch 64) or at their :fmnist size (its batch).")
+_PARTS = flags.DEFINE_list('seed_parts', ['seed000', 'seed003'], '`bench seeds`: which parts.')
 
 
 def _heads(module, hidden, n_head: int):
@@ -195,25 +199,32 @@ def bench_seed003(n_blocks: int = 60, calib: int = 8, t: int = 64) -> dict:
           'ppl_top1': [r['ppl_top1'], want['top1']]}
 
 
-def bench_seed000(batch: int = 64) -> dict:
+def bench_seed000(arg: str = '', batch: int = 64) -> dict:
   steps = {}
   for name in ('deit_cifar100', 'deit_svd_cifar100'):
-    c = config_lib.load(name)
-    c.batch_size = c.eval_batch_size = batch
+    c = config_lib.load(name, arg)
+    if not arg:
+      c.batch_size = c.eval_batch_size = batch
+    batch = c.batch_size
     steps[name] = bench_model.JaxStep(c)
   secs = bench_model.interleaved_medians(steps, _ROUNDS.value, warmup=1)
-  return {'batch': batch, 'baseline_step_s': secs['deit_cifar100'],
+  return {'config_arg': arg, 'image_size': c.dataset.image_size, 'width': c.model.width,
+          'depth': c.model.depth, 'batch': batch, 'baseline_step_s': secs['deit_cifar100'],
           'svd_step_s': secs['deit_svd_cifar100'],
           'ratio': secs['deit_svd_cifar100'] / secs['deit_cifar100']}
 
 
 def run(save) -> dict:
-  r = {'seed000': bench_seed000()}
-  s = r['seed000']
-  print(f"seed 000, DeiT-S/4 train step at 32x32, batch {s['batch']}: with SVD taps "
-        f"{s['svd_step_s']:.2f} s, without {s['baseline_step_s']:.2f} s: "
-        f"{s['ratio']:.2f}x (the seed measured 4.0x)", flush=True)
-  save(r)
+  r = {}
+  if 'seed000' in _PARTS.value:
+    r['seed000'] = s = bench_seed000(_ARG.value)
+    print(f"seed 000, width {s['width']} depth {s['depth']} at {s['image_size']}x"
+          f"{s['image_size']}, batch {s['batch']}: train step with SVD taps "
+          f"{s['svd_step_s'] * 1e3:.1f} ms, without {s['baseline_step_s'] * 1e3:.1f} ms: "
+          f"{s['ratio']:.2f}x (the seed measured 4.0x at DeiT-S/4)", flush=True)
+    save(r)
+  if 'seed003' not in _PARTS.value:
+    return r
   r['seed003'] = g = bench_seed003()
   print(f"seed 003 study, {g['blocks']} blocks of {g['seq_len']} tokens, layers {g['layers']}, "
         f"d_r {g['d_r']}: ours {g['ours_s']:.1f} s (first call {g['ours_first_s']:.1f} s), "

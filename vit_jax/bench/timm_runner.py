@@ -91,3 +91,39 @@ def peak_memory_bytes():
   peak = torch.cuda.max_memory_allocated()
   torch.cuda.reset_peak_memory_stats()
   return peak
+
+
+def fmnist_runner(c):
+  """One train step of timm's VisionTransformer of `c.model`'s shape with the :fmnist
+  recipe's per-batch part: timm's Mixup / CutMix, BCE on targets binarised at
+  loss.bce_target_threshold (DeiT-III's engine.py), timm's LAMB (its parameter groups,
+  its clipping at 1.0), stochastic depth and LayerScale; eager, float32. The per-image
+  PIL transforms live in timm's data loader and are not part of its step."""
+  import timm.data
+  import timm.optim
+  from timm.models.vision_transformer import VisionTransformer
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  m, a = c.model, c.augment
+  model = VisionTransformer(
+      img_size=m.image_size, patch_size=m.patch_size, num_classes=c.dataset.num_classes,
+      embed_dim=m.width, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+      qkv_bias=m.qkv_bias, init_values=m.layerscale_init or None, no_embed_class=True,
+      drop_path_rate=m.drop_path_rate).train()
+  opt = timm.optim.create_optimizer_v2(model, opt='lamb', lr=c.optim.lr,
+                                       weight_decay=c.optim.weight_decay)
+  mix = timm.data.Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix,
+                        switch_prob=a.mix_switch_prob, num_classes=c.dataset.num_classes)
+  bce = torch.nn.BCEWithLogitsLoss()
+  x = torch.randn(c.batch_size, 3, m.image_size, m.image_size)
+  y = torch.randint(0, c.dataset.num_classes, (c.batch_size,))
+
+  def step():
+    xm, target = mix(x.clone(), y)
+    loss = bce(model(xm), target.gt(c.loss.bce_target_threshold).float())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+  return step

@@ -1,0 +1,123 @@
+r"""The numbers of results/fashion_mnist.md from the committed runs (results/fashion_mnist/).
+
+  python results/fashion_mnist/report.py      # writes results/fashion_mnist/summary.{md,json}
+
+Reads results/fashion_mnist/runs/<study>/<run>/seed=N/ (metrics.csv, analysis.json,
+sweep.json, train.log, as run_all.py copies them) and writes, per study, the top-1 over
+seeds (n, mean ± sample std, every seed's value, wall time per run) and each comparison
+the study asks for: the difference of the means, Welch's t and whether the two sets of
+seeds overlap. The per-layer analysis tables and figure come from
+`python -m vit_jax.analysis.compare` (commands in results/fashion_mnist.md).
+"""
+import csv
+import glob
+import json
+import math
+import os
+import re
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUNS = os.path.join(HERE, 'runs')
+
+
+def read_run(path: str) -> dict:
+  with open(os.path.join(path, 'metrics.csv')) as f:
+    rows = list(csv.DictReader(f))
+  acc = [float(r['val_acc1']) for r in rows]
+  info = {}
+  if os.path.exists(os.path.join(path, 'run.json')):   # run_all.py: wall time, machine load
+    with open(os.path.join(path, 'run.json')) as f:
+      info = json.load(f)
+  wall = info.get('wall_s') or sum(float(r['epoch_time_s']) for r in rows)
+  return {'seed': int(re.search(r'seed=(\d+)', path).group(1)), 'best': max(acc),
+          'final': acc[-1], 'epochs': len(acc), 'wall_min': wall / 60,
+          'load': info.get('load_avg'),
+          'images_per_s': float(np.median([float(r['images_per_s']) for r in rows]))}
+
+
+def runs(study: str, name: str) -> list[dict]:
+  return sorted((read_run(p) for p in glob.glob(os.path.join(RUNS, study, name, 'seed=*'))
+                 if os.path.exists(os.path.join(p, 'metrics.csv'))), key=lambda r: r['seed'])
+
+
+def stats(values) -> dict:
+  a = np.asarray(values, np.float64)
+  return {'n': len(a), 'mean': float(a.mean()) if len(a) else None,
+          'std': float(a.std(ddof=1)) if len(a) > 1 else None, 'values': a.tolist()}
+
+
+def welch(a, b) -> dict:
+  """b - a: the difference of the means, Welch's t, and whether the seeds' ranges overlap."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  out = {'diff': float(b.mean() - a.mean()) if len(a) and len(b) else None, 't': None,
+         'ranges_overlap': None}
+  if len(a) > 1 and len(b) > 1:
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    out['t'] = out['diff'] / se if se > 0 else math.inf
+    out['ranges_overlap'] = bool(a.max() >= b.min() and b.max() >= a.min())
+  return out
+
+
+def fmt(s: dict) -> str:
+  if not s['n']:
+    return '-'
+  if s['std'] is None:
+    return f"{s['mean']:.2f} (one seed)"
+  return f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+
+def verdict(w: dict) -> str:
+  if w['t'] is None:
+    return 'too few seeds'
+  if not w['ranges_overlap'] and abs(w['t']) > 2:
+    return 'beyond the seed spread'
+  return 'inside the seed spread'
+
+
+def table(study: str, names: list[str], base: str) -> tuple[list[str], dict]:
+  lines = ['| run | n | best top-1 (%) | final top-1 (%) | seeds (best) | minutes per run '
+           f'| best vs {base}: difference, Welch t |', '|---|---|---|---|---|---|---|']
+  out = {}
+  ref = [r['best'] for r in runs(study, base)]
+  for name in names:
+    rs = runs(study, name)
+    best, final = stats([r['best'] for r in rs]), stats([r['final'] for r in rs])
+    w = welch(ref, best['values']) if name != base else None
+    out[name] = {'best': best, 'final': final, 'vs_base': w,
+                 'wall_min': [round(r['wall_min'], 1) for r in rs],
+                 'seeds': [r['seed'] for r in rs]}
+    cmp = '-' if w is None or w['diff'] is None else (
+        f"{w['diff']:+.2f}" + (f", t = {w['t']:.2f} ({verdict(w)})" if w['t'] is not None
+                               else ' (too few seeds)'))
+    lines.append(f"| {name} | {best['n']} | {fmt(best)} | {fmt(final)} | "
+                 f"{', '.join(f'{v:.2f}' for v in best['values'])} | "
+                 f"{', '.join(f'{m:.1f}' for m in out[name]['wall_min'])} | {cmp} |")
+  return lines, out
+
+
+def main():
+  md, js = [], {}
+  sections = (('s002', ['vanilla', 'register', 'sdpa_gated', 'value_gated'], 'vanilla'),
+              ('s001', ['student_none', 'student_hard'], 'student_none'),
+              ('s000', ['baseline', 'svd'], 'baseline'))
+  for study, names, base in sections:
+    lines, js[study] = table(study, names, base)
+    md += [f'### {study}', ''] + lines + ['']
+  teacher = os.path.join(RUNS, 's001', 'teacher', 'metrics.csv')
+  if os.path.exists(teacher):
+    with open(teacher) as f:
+      acc = [float(r['val_acc1']) for r in csv.DictReader(f)]
+    js['teacher'] = {'best': max(acc), 'final': acc[-1], 'epochs': len(acc)}
+    md += [f"Teacher (ResNet, configs/teacher_resnet.py:fmnist): best {max(acc):.2f}%, final "
+           f"{acc[-1]:.2f}% after {len(acc)} epochs.", '']
+  with open(os.path.join(HERE, 'summary.md'), 'w') as f:
+    f.write('\n'.join(md) + '\n')
+  with open(os.path.join(HERE, 'summary.json'), 'w') as f:
+    json.dump(js, f, indent=1)
+  print('\n'.join(md))
+
+
+if __name__ == '__main__':
+  main()
