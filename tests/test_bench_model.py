@@ -128,3 +128,13 @@ def test_fmnist_mode_times_the_recipe_step_the_bare_matmuls_and_timm():
   assert out.returncode == 0, out.stderr[-2000:]
   line = [l for l in out.stdout.splitlines() if l.startswith('fmnist')][0]
   assert 'of the bare matmuls' in line and 'timm eager' in line, line
+
+
+def test_dot_route_reads_the_compiled_dot(monkeypatch):
+  """The probe compiles the matmul, reads its route from the optimized HLO and times it."""
+  monkeypatch.setattr(bench_model, 'DOT_ROUTE_FLAGS', ('',))
+  out = bench_model.dot_routes()
+  assert isinstance(out['amx'], bool)
+  for dtype in ('float32', 'bfloat16'):
+    r = out['routes']['(default)'][dtype]
+    assert 'dot_general' in r['route'] and r['gflop_s'] > 0

@@ -21,7 +21,15 @@ the step's forward and backward at its own shapes, in one jitted call) and, with
 timm's VisionTransformer of the same shape (eager; timm's Mixup on the batch, BCE on
 binarised targets, timm's LAMB), in interleaved rounds, with the batch sizes of
 --fmnist_batches.
+
+`dot_route` mode: where XLA:CPU sends a 6304x384x1536 matmul (ViT-S/16's MLP at batch
+32) under each set of DOT_ROUTE_FLAGS, and how fast it runs there: the kind of the
+compiled dot (a YNNPACK or oneDNN fusion, a oneDNN custom call, or XLA's own loop) read
+from the optimized HLO, float32 and bf16 inputs with float32 accumulation, one process
+per flag set. It also says whether the CPU has AMX: oneDNN, linked into jaxlib, has AMX
+kernels, so a dot routed to oneDNN on an AMX machine can reach them.
 """
+import json
 import os
 import statistics
 import time
@@ -40,7 +48,8 @@ from vit_jax.models import variants
 VARIANTS = tuple(variants.VARIANTS) + ('svd', 'distill')
 PATCH = {32: 4, 224: 16}
 
-_MODE = flags.DEFINE_enum('mode', 'step', ['step', 'epoch', 'fmnist'], 'What `bench model` times.')
+_MODE = flags.DEFINE_enum('mode', 'step', ['step', 'epoch', 'fmnist', 'dot_route'],
+                          'What `bench model` times.')
 _FMNIST_BATCHES = flags.DEFINE_list('fmnist_batches', ['64'], '`--mode fmnist`: batch sizes.')
 _FMNIST_CONFIG = flags.DEFINE_string('fmnist_config', 'vanilla',
                                      '`--mode fmnist`: the config whose :fmnist step is timed.')
@@ -342,6 +351,60 @@ def bench_fmnist(rounds: int, warmup: int, timm: bool, batches=(64,)) -> dict:
   return out
 
 
+DOT_ROUTE_FLAGS = ('', '--xla_cpu_use_onednn=true',
+                   '--xla_cpu_experimental_onednn_fusion_type=dot',
+                   '--xla_cpu_experimental_ynn_fusion_type=invalid '
+                   '--xla_cpu_experimental_onednn_fusion_type=dot',
+                   '--xla_cpu_experimental_ynn_fusion_type=invalid --xla_cpu_use_onednn=true',
+                   '--xla_cpu_experimental_ynn_fusion_type=invalid')
+_DOT_PROBE = r"""
+import json, re, sys, time
+import jax, jax.numpy as jnp
+m, k, n = 6304, 384, 1536
+out = {}
+for name, dt in (('float32', jnp.float32), ('bfloat16', jnp.bfloat16)):
+  a, b = jnp.ones((m, k), dt), jnp.ones((k, n), dt)
+  f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
+  text = f.lower(a, b).compile().as_text()
+  dot = [l for l in text.splitlines() if re.search(r'(fusion|custom-call|dot)\(', l)
+         and '%' in l and ('ROOT' in l or 'ENTRY' not in l)]
+  route = sorted(set(re.findall(r'(ynn_fusion|xnn_fusion|onednn\w*|__onednn\$\w+|dot_general|'
+                                r'kind=k\w+|custom_call_target="[^"]+")', text)))
+  f(a, b).block_until_ready()
+  ts = []
+  for _ in range(5):
+    t0 = time.perf_counter(); f(a, b).block_until_ready(); ts.append(time.perf_counter() - t0)
+  out[name] = {'route': route, 'gflop_s': 2 * m * k * n / min(ts) / 1e9}
+print(json.dumps(out))
+"""
+
+
+def cpu_has(flag: str) -> bool:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return any(flag in line.split() for line in f if line.startswith('flags'))
+  except OSError:
+    return False
+
+
+def dot_routes() -> dict:
+  """{flags: {dtype: {'route': [...], 'gflop_s': ...}}}, one subprocess per flag set."""
+  import subprocess
+  import sys
+  out = {'amx': cpu_has('amx_tile'), 'avx512_bf16': cpu_has('avx512_bf16'), 'routes': {}}
+  for flag_set in DOT_ROUTE_FLAGS:
+    env = dict(os.environ, XLA_FLAGS=flag_set, JAX_PLATFORMS='cpu')
+    r = subprocess.run([sys.executable, '-c', _DOT_PROBE], env=env, capture_output=True,
+                       text=True, timeout=600)
+    res = (json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else
+           {'error': r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'failed'})
+    out['routes'][flag_set or '(default)'] = res
+    print(f"{flag_set or '(default)'}: " + '; '.join(
+        f"{k} {v['gflop_s']:.0f} GFLOP/s via {', '.join(v['route'])}" for k, v in res.items()
+        if isinstance(v, dict)) + (res.get('error', '') if 'error' in res else ''), flush=True)
+  return out
+
+
 def run(save=lambda results: None) -> dict:
   """Runs the flagged benchmark, prints it, and returns the numbers (`save`d after each group)."""
   results = {'device': str(jax.devices()[0].device_kind), 'platform': jax.devices()[0].platform,
@@ -351,6 +414,9 @@ def run(save=lambda results: None) -> dict:
     import timm
     import torch
     results.update(torch=torch.__version__, timm=timm.__version__)
+  if _MODE.value == 'dot_route':
+    results['dot_route'] = dot_routes()
+    return results
   if _MODE.value == 'fmnist':
     results['fmnist'] = bench_fmnist(_STEPS.value, _WARMUP.value, _TIMM.value,
                                      [int(b) for b in _FMNIST_BATCHES.value])
