@@ -151,7 +151,8 @@ def test_short_real_training_reaches_a_top1_a_broken_pipeline_cannot(tmp_path):
        '--config.augment.three_augment=False', '--config.augment.color_jitter=0.0',
        '--config.dataset.repeated_aug=1', '--config.model.drop_path_rate=0.0',
        '--config.augment.hflip=False', '--config.dataset.random_crop_padding=0',
-       '--config.optim.warmup_epochs=0.1', '--config.optim.min_lr=2e-3',
+       '--config.optim.warmup_epochs=0.1', '--config.optim.lr=2e-3',
+       '--config.optim.min_lr=2e-3',
        '--config.log_every_steps=0', '--config.compilation_cache_dir='],
       cwd=REPO, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
