@@ -71,3 +71,36 @@ def test_batch_size_must_split_into_k_times_the_devices():
   c.grad_accum_steps = 0
   with pytest.raises(ValueError, match='grad_accum_steps=0 must be a whole number >= 1'):
     steps.check_batch_sizes(c, 1)
+
+
+def test_ema_follows_timm_model_ema_v3_once_per_optimizer_update():
+  """With k micro-batches per update, the EMA moves once per optimizer update, as timm's
+  train.py calls ModelEmaV3.update(model, step=num_updates) (num_updates counts updates,
+  not micro-batches) with use_warmup: after every micro-step our EMA equals timm's EMA
+  of the weights of the updates so far, float32 within 1e-6. decay 0.9 with the warmup
+  makes every update's decay differ (0, 0.37, 0.52, ...), so an EMA stepped per
+  micro-batch, or counted in micro-batches, shows."""
+  import torch
+  from timm.utils.model_ema import ModelEmaV3
+  c = _config('adamw', K)
+  c.ema.update(decay=0.9, warmup=True, warmup_gamma=1.0, warmup_power=2 / 3)
+  trainer = steps.Trainer(c)
+  state = trainer.setup(steps_per_epoch=2)
+  as_torch = lambda tree: [torch.from_numpy(np.array(a)) for a in jax.tree.leaves(tree)]
+  net = torch.nn.ParameterList([torch.nn.Parameter(t) for t in as_torch(state.params)])
+  ema_ref = ModelEmaV3(net, decay=0.9, use_warmup=True, warmup_gamma=1.0, warmup_power=2 / 3)
+  updates = 0
+  for batch in _batches():
+    for j in range(K):
+      part = {n: v[j * BATCH // K:(j + 1) * BATCH // K] for n, v in batch.items()}
+      state, _ = trainer.train_step(state, trainer.global_batch(part))
+      now = jax.device_get(state)
+      if j == K - 1:   # an optimizer update: timm's EMA takes the new weights
+        updates += 1
+        with torch.no_grad():
+          for p, t in zip(net, as_torch(now.params)):
+            p.copy_(t)
+        ema_ref.update(net, step=updates)
+      for got, want in zip(jax.tree.leaves(now.ema_params), ema_ref.module):
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-6, atol=1e-6)
+  assert updates == UPDATES and int(now.opt_state.gradient_step) == UPDATES

@@ -10,8 +10,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
@@ -183,3 +185,41 @@ def test_full_disk_at_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
   monkeypatch.setattr(handler, 'async_save', real_save)
   loop.train_and_evaluate(tiny_run.config(), workdir)   # the disk has room again
   tiny_run.assert_same_metrics(tiny_run.rows(workdir))
+
+
+def _orbax_threads(before) -> list:
+  return [t for t in threading.enumerate() if t not in before and t.is_alive()
+          and type(t).__module__.startswith('orbax.')]
+
+
+@pytest.mark.parametrize('where', ['mkdir', 'item'])
+def test_full_disk_leaves_no_writer_thread_and_no_tmp_folder(tmp_path, monkeypatch, where):
+  """A full disk at the step folder's mkdir (what a real one hits first) or at an item's
+  save: one OSError, no orbax thread left waiting (they held the interpreter 300 s after
+  the tests) and no *.orbax-checkpoint-tmp folder (a writer re-made it after the cleanup)."""
+  mngr = checkpoint.manager(str(tmp_path), 1)
+  state = {'w': jnp.arange(16.0).reshape(4, 4)}
+  checkpoint.save(mngr, 1, state, {'seed': 0}, {'val_acc1': 1.0})
+  enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  if where == 'mkdir':
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+      if '2.orbax-checkpoint-tmp' in os.fspath(path):
+        raise enospc
+      return real_mkdir(path, *args, **kwargs)
+    monkeypatch.setattr(os, 'mkdir', mkdir)
+  else:
+    def full_disk(self, directory, *args, **kwargs):
+      directory.mkdir(parents=True, exist_ok=True)
+      (directory / 'metadata').write_text('{"half')
+      raise enospc
+    monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, 'async_save', full_disk)
+  before = set(threading.enumerate())
+  with pytest.raises(OSError, match=r'step 2 .*No space left on device.*step 1 in .* intact'):
+    checkpoint.save(mngr, 2, state, {'seed': 0}, {'val_acc1': 2.0})
+  monkeypatch.undo()
+  time.sleep(0.5)    # room for a writer that would still re-make the folder
+  assert _orbax_threads(before) == []
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']
+  mngr.close()

@@ -198,3 +198,55 @@ def test_scoreboard_mean_and_sample_std_over_seeds_match_numpy(tmp_path):
   saved = json.load(open(str(tmp_path / 'board.json')))
   assert len(saved['runs']) == 7 and saved['over_seeds'][1]['n'] == 2
   assert '| sweep/optim.lr=1e-3__seed=9 |' in text   # per run: named by its path
+
+
+def _stand_in(monkeypatch, calls):
+  """sweep.main_command -> a process that records the run and exits 0 (no training)."""
+  def command(args, run):
+    calls.append(run['name'])
+    return [sys.executable, '-c', 'pass']
+  monkeypatch.setattr(sweep, 'main_command', command)
+
+
+SEEDS3 = ['--config', 'configs/vanilla.py:quick', '--seeds', '0,1,2', '--set', 'total_epochs=3']
+
+
+def _record(seed, **changes):
+  return {'config': 'configs/vanilla.py:quick', 'seed': seed, 'grid': {},
+          'set': {'total_epochs': '3'}} | changes
+
+
+def test_only_a_run_at_its_last_epoch_is_skipped(tmp_path, capsys, monkeypatch):
+  """Of three runs of a 3-epoch sweep, seed 0 finished (metrics.csv through epoch 3);
+  seed 1 was preempted in its last epoch (rows through epoch 2, a mid-epoch checkpoint);
+  seed 2 in its first (no metrics.csv yet). Only seed 0 is skipped: the others are run
+  again (and resume), not taken for finished."""
+  root = str(tmp_path / 'sweep')
+  _workdir(root, 'seed=0', [10.0, 20.0, 30.0], record=_record(0))
+  _workdir(root, 'seed=1', [10.0, 20.0], record=_record(1))
+  os.makedirs(os.path.join(root, 'seed=1', 'checkpoints', 'preempted', '700'))
+  os.makedirs(os.path.join(root, 'seed=2'))
+  json.dump(_record(2), open(os.path.join(root, 'seed=2', 'sweep.json'), 'w'))
+  calls = []
+  _stand_in(monkeypatch, calls)
+  assert sweep.main(SEEDS3 + ['--root', root]) == 0
+  out = capsys.readouterr().out
+  assert calls == ['seed=1', 'seed=2']
+  assert 'sweep: 3 runs under' in out and ', 1 finished' in out
+  assert '[1/3] seed=0: finished, skipped' in out and '[2/3] seed=1: done' in out
+
+
+@pytest.mark.parametrize('changes', [dict(set={'total_epochs': '5'}), dict(grid={'x': '1'}),
+                                     dict(config='configs/register.py:quick')])
+def test_a_workdir_of_another_sweep_is_refused_before_any_run(tmp_path, capsys, monkeypatch,
+                                                              changes):
+  root = str(tmp_path / 'sweep')
+  _workdir(root, 'seed=2', [10.0], record=_record(2, **changes))
+  before = open(os.path.join(root, 'seed=2', 'sweep.json')).read()
+  calls = []
+  _stand_in(monkeypatch, calls)
+  assert sweep.main(SEEDS3 + ['--root', root]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and 'seed=2' in err[0] and 'was made by another sweep' in err[0], err
+  assert calls == [] and sorted(os.listdir(root)) == ['seed=2']
+  assert open(os.path.join(root, 'seed=2', 'sweep.json')).read() == before

@@ -3,6 +3,7 @@ transcription of seed 000's model, on identical weights (converted by
 vit_jax.models.convert) and images. Logits within 1e-5 (1e-4 with SVD taps: float32
 eigh of nearly degenerate Gram matrices)."""
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -201,3 +202,96 @@ def test_init_follows_the_source(scheme):
     small = np.size(got) < 10_000
     assert s_got == pytest.approx(s_want, rel=0.1 if small else 0.03), (path, s_got, s_want)
     assert k_got == pytest.approx(k_want, abs=0.3 if small else 0.15), (path, k_got, k_want)
+
+
+# --- training mode: drop-path ------------------------------------------------------------
+
+# Per-sample keep masks, in call order: block 1 attention and MLP branches, then block 2's
+# (block 0's rate is 0: neither side draws). Each drops someone, and keeps someone.
+MASKS = [[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1]]
+DROP_PATH = 0.3
+
+
+class _MaskFeed:
+  """Hands out MASKS in turn to whichever side asks, recording the keep probability."""
+
+  def __init__(self):
+    self.keeps, self.i = [], 0
+
+  def next(self, keep):
+    self.keeps.append(float(keep))
+    self.i += 1
+    return np.asarray(MASKS[self.i - 1], bool)
+
+
+def _drop_path_pair(monkeypatch):
+  """timm's ViT with drop_path_rate (linspace over depth) and ours, same weights; both
+  sides' per-sample Bernoulli draws replaced by MASKS: timm's drop_path calls
+  Tensor.bernoulli_(keep), ours jax.random.bernoulli(key, keep, shape)."""
+  ref = VisionTransformer(**TIMM_SHAPE, init_values=1e-4, no_embed_class=True,
+                          drop_path_rate=DROP_PATH)
+  randomize_(ref, seed=7)
+  model = vit.ViT(num_classes=7, **SHAPE, layerscale_init=1e-4, pos_embed='patches',
+                  drop_path_rate=DROP_PATH)
+  feeds = _MaskFeed(), _MaskFeed()
+
+  def torch_bernoulli(t, p=0.5, **kw):
+    return t.copy_(torch.from_numpy(feeds[0].next(p)).reshape(t.shape))
+
+  def jax_bernoulli(key, p=0.5, shape=None):
+    return jnp.asarray(feeds[1].next(p)).reshape(shape)
+
+  monkeypatch.setattr(torch.Tensor, 'bernoulli_', torch_bernoulli)
+  monkeypatch.setattr(jax.random, 'bernoulli', jax_bernoulli)
+  return ref, model, feeds
+
+
+def _check_feeds(feeds):
+  """Both sides drew every mask, with timm's keep probabilities (1 - 0.15, 1 - 0.3)."""
+  theirs, ours = feeds
+  assert theirs.i == ours.i == len(MASKS)
+  np.testing.assert_allclose(theirs.keeps, [0.85, 0.85, 0.7, 0.7], rtol=1e-6)
+  np.testing.assert_allclose(ours.keeps, theirs.keeps, rtol=1e-6)
+
+
+def test_training_forward_with_drop_path_matches_timm_given_the_same_masks(monkeypatch, images):
+  ref, model, feeds = _drop_path_pair(monkeypatch)
+  params = convert.from_torch(ref.state_dict(), model, 'timm')
+  ref.train()
+  with torch.no_grad():
+    want = ref(_nchw(images)).numpy()
+  got, _ = model.apply({'params': params}, jnp.asarray(images), train=True,
+                       rngs={'dropout': jax.random.key(0)})
+  _check_feeds(feeds)
+  np.testing.assert_allclose(np.asarray(got), want, atol=LOGITS_ATOL, rtol=0)
+  ref.eval()     # the masks matter: without them the logits are far apart
+  with torch.no_grad():
+    assert np.abs(ref(_nchw(images)).numpy() - want).max() > 100 * LOGITS_ATOL
+
+
+def test_train_step_forward_is_the_training_one(monkeypatch):
+  """The train step's loss is the cross-entropy of timm's training-mode logits under the
+  same masks (no augmentation, no smoothing): the step runs the model with drop-path."""
+  from vit_jax import config_lib
+  from vit_jax.train import steps
+  ref, model, feeds = _drop_path_pair(monkeypatch)
+  c = config_lib.base()
+  c.model.update(image_size=32, patch_size=8, width=48, depth=3, num_heads=4, mlp_ratio=2.0,
+                 layerscale_init=1e-4, pos_embed='patches', drop_path_rate=DROP_PATH)
+  c.dataset.update(num_classes=7)
+  c.batch_size = 3
+  trainer = steps.Trainer(c)
+  params = convert.from_torch(ref.state_dict(), model, 'timm')
+  flat = {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(params).items()}
+  state = trainer.setup(steps_per_epoch=1, start=flat)
+  pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+  labels = np.array([1, 5, 6], np.int32)
+  _, metrics = trainer.train_step(state, trainer.global_batch({'image': pixels,
+                                                               'label': labels}))
+  x = (pixels / 255.0 - np.asarray(c.dataset.mean)) / np.asarray(c.dataset.std)
+  ref.train()
+  with torch.no_grad():
+    want = torch.nn.functional.cross_entropy(ref(_nchw(x.astype(np.float32))),
+                                             torch.from_numpy(labels).long()).item()
+  _check_feeds(feeds)
+  assert float(metrics['loss']) == pytest.approx(want, rel=1e-5)

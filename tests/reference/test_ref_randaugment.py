@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+from scipy import stats
 import pytest
 from timm.data import auto_augment as timm_aa
 import torchvision.transforms as T
@@ -153,3 +154,31 @@ def test_timm_applies_each_drawn_op_with_probability_one_half():
   which = _classify(outs, fixed)
   for i in range(3):
     assert abs((which == i).mean() - 1 / 30) < 0.012, (i, (which == i).mean())
+
+
+# --- timm's magnitude noise (mstd) ------------------------------------------------------------
+
+@pytest.mark.parametrize('magnitude,std', [(9.0, 0.5), (9.0, 2.0), (1.0, 2.0)])
+def test_timm_level_noise_equals_augment_ops(monkeypatch, magnitude, std):
+  """timm's AugmentOp: applied w.p. 1/2, level ~ N(M, mstd) (random.gauss) clipped to
+  [0, 10], sign negated w.p. 1/2 (_randomly_negate). One op, BrightnessIncreasing (factor
+  1 +- 0.09 level), on a flat grey 120 image, read off one pixel: 6,000 draws of ours
+  (through augment.pil_stage with config.augment's fields) against 6,000 of timm's AugmentOp,
+  within a two-sample KS distance of 0.04 (0.1% critical value 0.036). (9, 0.5) is DeiT's
+  rand-m9-mstd0.5; the std of 2 reaches the clip at 10 and, around 1, the one at 0."""
+  from vit_jax import config_lib
+  from vit_jax.data import augment
+  name, n = 'BrightnessIncreasing', 6000
+  monkeypatch.setitem(ra.POLICY, 'timm', ra.Policy({name: ra.TIMM_OPS[name]}, 0.5, True))
+  c = config_lib.base()
+  c.augment.update(randaugment_layers=1, randaugment_policy='timm',
+                   randaugment_magnitude=magnitude, randaugment_mstd=std)
+  grey = jnp.full((n, 4, 4, 3), 120.0)
+  ours = np.asarray(jax.jit(lambda k: augment.pil_stage(k, grey, c.augment))(
+      jax.random.key(0)))[:, 0, 0, 0]
+  op = timm_aa.AugmentOp(name, prob=0.5, magnitude=magnitude, hparams={'magnitude_std': std})
+  random.seed(0)
+  img = Image.new('RGB', (4, 4), (120, 120, 120))
+  theirs = np.array([np.asarray(op(img))[0, 0, 0] for _ in range(n)], np.float32)
+  assert stats.ks_2samp(ours, theirs).statistic < 0.04
+  assert np.std(theirs[theirs > 120]) > 1.0     # the noise shows in the pixel

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 
 from absl import logging
 import jax
@@ -21,6 +22,13 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from vit_jax import models
 from vit_jax.train import faults
+
+
+def _async_options() -> ocp.AsyncOptions:
+  """The step's folders are made in the saving thread. orbax otherwise makes them in a thread
+  of their own, and its writer threads wait (coordination timeout, 300 s) for its 'made'
+  signal: a full disk at the mkdir left them waiting, holding the process after its end."""
+  return ocp.AsyncOptions(create_directories_asynchronously=False)
 
 
 def manager(workdir: str, every_epochs: int, async_save: bool = True) -> ocp.CheckpointManager:
@@ -34,6 +42,7 @@ def manager(workdir: str, every_epochs: int, async_save: bool = True) -> ocp.Che
   options = ocp.CheckpointManagerOptions(preservation_policy=policy,
                                          best_fn=lambda m: m['val_acc1'], best_mode='max',
                                          enable_async_checkpointing=async_save,
+                                         async_options=_async_options(),
                                          cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
                                options=options, item_names=('state', 'data'))
@@ -43,6 +52,7 @@ def preempt_manager(workdir: str) -> ocp.CheckpointManager:
   """checkpoints/preempted: one mid-epoch checkpoint, written on SIGTERM; steps are train
   steps. Its saves are waited for (the process exits right after)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True,
+                                         async_options=_async_options(),
                                          cleanup_tmp_directories=True)
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, 'checkpoints', PREEMPTED)), options=options,
@@ -50,7 +60,9 @@ def preempt_manager(workdir: str) -> ocp.CheckpointManager:
 
 
 PREEMPTED = 'preempted'
-_IN_FLIGHT: dict[int, tuple] = {}   # id(manager) -> (step, the step before it) being written
+# id(manager) -> (step, the step before it, orbax's writer threads of that save)
+_IN_FLIGHT: dict[int, tuple] = {}
+WRITER_JOIN_S = 120   # at most this long for the writers of a failed save to stop
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
@@ -62,11 +74,13 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
   items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
   if progress is not None:
     items['progress'] = ocp.args.JsonSave(progress)
-  _IN_FLIGHT[id(mngr)] = (step, mngr.latest_step())
+  previous, before = mngr.latest_step(), set(threading.enumerate())
   try:
     mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics)
   except Exception as e:  # orbax and tensorstore wrap OSError in their own types
+    _IN_FLIGHT[id(mngr)] = (step, previous, _writers(before))
     _failed(mngr, e)
+  _IN_FLIGHT[id(mngr)] = (step, previous, _writers(before))
   faults.point(fault)
   if wait:
     finish(mngr)
@@ -81,8 +95,19 @@ def finish(mngr: ocp.CheckpointManager) -> None:
   _IN_FLIGHT.pop(id(mngr), None)
 
 
+def _writers(before: set) -> list:
+  """orbax's writer threads started since `before`: one per item (and per array chunk)."""
+  return [t for t in threading.enumerate()
+          if t not in before and type(t).__module__.startswith('orbax.')]
+
+
 def _failed(mngr: ocp.CheckpointManager, e: BaseException):
-  step, previous = _IN_FLIGHT.pop(id(mngr), (None, mngr.latest_step()))
+  step, previous, writers = _IN_FLIGHT.pop(id(mngr), (None, mngr.latest_step(), []))
+  # orbax stops waiting at the first writer that fails, or never waits when save() itself
+  # raises; the others go on writing into the step's folder. Removing it under them left a
+  # *.orbax-checkpoint-tmp folder behind (they re-make the folders they write to).
+  for t in writers:
+    threading.Thread.join(t, WRITER_JOIN_S)   # orbax's own join() re-raises their errors
   if jax.process_index() == 0:   # free what the half-written step took
     for name in os.listdir(mngr.directory):
       if name.startswith(f'{step}.orbax-checkpoint-tmp'):
