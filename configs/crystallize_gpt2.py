@@ -25,6 +25,7 @@ def get_config(arg=None):
   arg = config_lib.check_arg(arg, 'configs/crystallize_gpt2.py', ('', 'quick', 'seed'))
   c = ml_collections.ConfigDict()
   c.trainer = 'crystallize'
+  config_lib.common(c)
   c.seed = 0
   c.seq_len = 1024                 # perplexity block length (GPT-2's context)
   c.batch_size = 4                 # blocks per forward pass

@@ -1,7 +1,9 @@
 """The analysis: a planted high-norm token is found; attention, gates, plots, reports, scoreboard."""
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 
 import chex
 import jax
@@ -212,13 +214,23 @@ def test_bad_input_is_one_line(workdir, tmp_path, setup, args, fragments):
 
 @pytest.mark.parametrize('setup,fragment', [
     ('empty', 'no metrics.csv rows'), ('no_checkpoint', 'has no checkpoint'),
-    ('other_width', 'another model'), ('best', None), ('latest', None)])
+    ('other_width', 'another model'), ('read_only', 'is not writable'), ('best', None),
+    ('latest', None)])
 def test_check_names_what_was_expected(workdir, tmp_path, setup, fragment):
-  """analysis.check is what main runs before anything; its messages are single lines."""
+  """analysis.check is what main runs before anything; its messages are single lines. A
+  workdir that takes no new file is refused there, not after the analysis has run."""
   c = small_config()
   target = workdir if setup in ('other_width', 'best', 'latest') else str(tmp_path)
   if setup == 'no_checkpoint':
     shutil.copy(os.path.join(workdir, 'metrics.csv'), tmp_path)
+  if setup == 'read_only':
+    target = str(tmp_path / 'ro')
+    shutil.copytree(workdir, target)
+    with read_only(target):
+      with pytest.raises(ValueError) as e:
+        analysis.check(c, target)
+    assert fragment in str(e.value) and '\n' not in str(e.value)
+    return
   if setup == 'other_width':
     c.model.width = 48
   if fragment is None:
@@ -231,6 +243,21 @@ def test_check_names_what_was_expected(workdir, tmp_path, setup, fragment):
     analysis.check(c, target)
   assert fragment in str(e.value) and '\n' not in str(e.value)
   assert not os.path.exists(os.path.join(target, 'plots')) or target == workdir
+
+
+@contextlib.contextmanager
+def read_only(path: str):
+  """A folder no one can create files in: mode 555, and immutable for root, who ignores modes."""
+  os.chmod(path, 0o555)
+  if os.geteuid() == 0 and subprocess.run(['chattr', '+i', path], capture_output=True).returncode:
+    os.chmod(path, 0o755)
+    pytest.skip('running as root without chattr: cannot make a folder read-only')
+  try:
+    yield path
+  finally:
+    if os.geteuid() == 0:
+      subprocess.run(['chattr', '-i', path])
+    os.chmod(path, 0o755)
 
 
 def test_check_refuses_a_resnet_config(tmp_path):

@@ -99,9 +99,9 @@ def test_lock_rules(tmp_path):
     info = runlock.read(workdir)
     assert info['pid'] == os.getpid() and runlock.alive(info, 60.0)
     with pytest.raises(runlock.Locked, match=f'pid {os.getpid()} on host'):
-      runlock.check(workdir)
+      runlock.check(workdir, 60.0)
     with pytest.raises(runlock.Locked):
-      runlock.RunLock(workdir).acquire()
+      runlock.RunLock(workdir, 300.0, 60.0).acquire()
     time.sleep(0.3)                                   # the lease is renewed meanwhile
     assert runlock.read(workdir)['renewed'] > info['renewed']
     lock._stop.set()                                  # hold the renewal still to compare
@@ -114,7 +114,7 @@ def test_lock_rules(tmp_path):
   assert not runlock.alive({}, 60.0)                   # an unreadable lock counts as gone
   # The analysis only reads: it does not need (or take) the lock.
   _write_lock(workdir, pid=os.getpid(), proc_start=runlock._proc_start(os.getpid()))
-  runlock.check(workdir + '/elsewhere')
+  runlock.check(workdir + '/elsewhere', 60.0)
 
 
 def test_an_unreadable_step_that_cannot_be_set_aside_is_skipped(tmp_path, monkeypatch, capsys):
@@ -137,3 +137,18 @@ def test_an_unreadable_step_that_cannot_be_set_aside_is_skipped(tmp_path, monkey
   assert 'checkpoint step 2' in err and 'falling back to step 1' in err
   assert 'could not set checkpoint step 2 aside (No such file or directory' in err
   assert row == {} or row['epoch'] == 1
+
+
+def test_a_full_disk_at_the_start_is_one_line_and_leaves_no_file(tmp_path):
+  """The lock cannot be written (ENOSPC): one `error:` line, exit 2 (a retry would meet the
+  same disk), and neither the lock nor the file written aside is left behind."""
+  workdir = tmp_path / 'run'
+  proc = subprocess.run([sys.executable, 'tests/full_disk.py', runlock.LOCK, '-m',
+                         'vit_jax.main', *tiny_run.args(workdir)], cwd=REPO,
+                        capture_output=True, text=True, env=dict(os.environ, **tiny_run.ENV),
+                        timeout=300)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == EXIT_ERROR and len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith(f'error: could not write the run lock {workdir}/run.lock (No space '
+                             'left on device)'), lines[0]
+  assert _listing(workdir) == []

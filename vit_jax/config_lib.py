@@ -42,6 +42,17 @@ def load(name: str, arg: str = '') -> ml_collections.ConfigDict:
   return module.get_config(arg)
 
 
+def common(c: ml_collections.ConfigDict) -> None:
+  """The fields of every config, whatever its trainer (base() and configs/crystallize_gpt2.py
+  call this): main and the run lock read them from any config."""
+  # Compiled train / eval steps are kept here and reused by the next run that compiles the
+  # same program ('' = off): a warm start skips the compilation (ours).
+  c.compilation_cache_dir = COMPILATION_CACHE_DIR
+  # workdir/run.lock: a run on another host that has not renewed its lease for lease_s
+  # seconds counts as gone (vit_jax/runlock.py); the owner renews it every renew_s.
+  c.run_lock = ml_collections.ConfigDict(dict(lease_s=300.0, renew_s=60.0))
+
+
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.trainer = 'train'               # what main runs: a name in vit_jax/trainers.py
@@ -55,12 +66,7 @@ def base() -> ml_collections.ConfigDict:
   # The host waits for a step's loss once this many later steps are queued: a SIGTERM is
   # acted on within about that many steps (more would only let the host run further ahead).
   c.steps_in_flight = 2
-  # Compiled train / eval steps are kept here and reused by the next run that compiles the
-  # same program ('' = off): a warm start skips the compilation (ours).
-  c.compilation_cache_dir = COMPILATION_CACHE_DIR
-  # workdir/run.lock: a run on another host that has not renewed its lease for lease_s
-  # seconds counts as gone (vit_jax/runlock.py); the owner renews it every renew_s.
-  c.run_lock = ml_collections.ConfigDict(dict(lease_s=300.0, renew_s=60.0))
+  common(c)
   # A progress line (step, loss, lr, grad norm, img/s, ETA) and per-step TensorBoard
   # scalars every this many optimizer updates, 0 = off. 100 (ours): about a line a minute
   # for an ImageNet-1k epoch on one GPU, a few lines per epoch of the quick runs.

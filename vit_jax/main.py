@@ -13,7 +13,6 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from vit_jax import config_lib
 from vit_jax import distributed
 from vit_jax import exits
 from vit_jax import preflight
@@ -74,7 +73,7 @@ def main(argv):
     preflight.check(config, FLAGS.workdir)
     use_compilation_cache(config)
     lock = take_lock(config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:   # OSError: the lock cannot be written (a full disk)
     sys.exit(f'error: {e}')
   logging.info('JAX devices: %s', jax.devices())
   try:
@@ -87,7 +86,7 @@ def main(argv):
 def use_compilation_cache(config) -> None:
   """Compiled programs are kept in config.compilation_cache_dir ('' = not kept), so a run
   that compiles what an earlier one did loads it instead (JAX's persistent cache)."""
-  path = config.get('compilation_cache_dir', config_lib.COMPILATION_CACHE_DIR)
+  path = config.compilation_cache_dir
   if path:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
@@ -105,7 +104,7 @@ def take_lock(config, workdir: str):
     multihost_utils.sync_global_devices('preflight passed')
   if jax.process_index() != 0:
     return None
-  return runlock.RunLock(workdir, **preflight.lock_settings(config)).acquire()
+  return runlock.RunLock(workdir, config.run_lock.lease_s, config.run_lock.renew_s).acquire()
 
 
 def dispatch(config):

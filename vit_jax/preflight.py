@@ -1,9 +1,9 @@
 """Checks run before any work: a bad value gets one line naming it and what is accepted."""
 import os
-import tempfile
 
 import jax
 
+from vit_jax import files
 from vit_jax import models
 from vit_jax import runlock
 from vit_jax import trainers
@@ -21,19 +21,11 @@ from vit_jax.train import steps
 from vit_jax.train import teacher
 
 
-def lock_settings(config) -> dict:
-  """config.run_lock (lease_s, renew_s), defaults where a config has none."""
-  settings = dict(runlock.DEFAULTS, **dict(config.get('run_lock', {})))
-  if not 0 < settings['renew_s'] < settings['lease_s']:
-    raise ValueError(f'run_lock.renew_s={settings["renew_s"]} must be in (0, run_lock.lease_s='
-                     f'{settings["lease_s"]})')
-  return settings
-
-
 def check(config, workdir: str) -> None:
   spec = trainers.get(config.trainer)
   if spec.writes_workdir:   # a live run's workdir: refused before anything
-    runlock.check(workdir, lock_settings(config)['lease_s'])
+    runlock.check_settings(config.run_lock.lease_s, config.run_lock.renew_s)
+    runlock.check(workdir, config.run_lock.lease_s)
   if spec.vit_config:
     check_vit(config, workdir, spec)
   if spec.check:
@@ -74,10 +66,8 @@ def check_vit(config, workdir: str, spec) -> None:
   augment.check_mix_groups(config)
   if not (config.trainer == 'analyze' and config.analysis.get('images')):
     sources.check_available(config.dataset)   # not read when analyze reads a folder of images
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f'workdir={workdir!r} exists and is not a directory')
   if spec.writes_workdir:
-    check_writable(workdir)
+    files.require_writable(workdir, 'workdir', 'choose another --workdir', also=['checkpoints'])
     check_resume(config, workdir, model)
 
 
@@ -147,25 +137,6 @@ def check_randaugment(a) -> None:
     if a.randaugment_mstd:
       raise ValueError(f'augment.randaugment_mstd={a.randaugment_mstd} must be 0 for the '
                        "'torchvision' policy (its magnitude is fixed)")
-
-
-def check_writable(workdir: str) -> None:
-  """Try a write where the run will write: the workdir, or the folder that will hold it.
-
-  A permission check alone would pass for root on a read-only file system.
-  """
-  target = os.path.abspath(workdir)
-  folder = target
-  while not os.path.isdir(folder):
-    folder = os.path.dirname(folder)
-  what = 'workdir' if folder == target else 'the folder that would hold workdir'
-  ckpt = os.path.join(target, 'checkpoints')   # a finished run's may have its own mode
-  for path in [folder] + ([ckpt] if os.path.isdir(ckpt) else []):
-    try:
-      tempfile.TemporaryFile(dir=path).close()
-    except OSError as e:
-      raise ValueError(f'{what} {path!r} is not writable ({e.strerror}); '
-                       'choose another --workdir') from None
 
 
 def check_resume(config, workdir: str, model) -> None:

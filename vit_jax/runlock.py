@@ -20,8 +20,9 @@ import sys
 import threading
 import time
 
+from vit_jax import files
+
 LOCK = 'run.lock'
-DEFAULTS = dict(lease_s=300.0, renew_s=60.0)
 
 
 class Locked(ValueError):
@@ -82,7 +83,13 @@ def describe(info: dict) -> str:
           f"{started:%Y-%m-%d %H:%M:%S} UTC, lease renewed {renewed:.0f} s ago)")
 
 
-def check(workdir: str, lease_s: float = DEFAULTS['lease_s']) -> dict | None:
+def check_settings(lease_s: float, renew_s: float) -> None:
+  """config.run_lock: the owner renews its lease well within it."""
+  if not 0 < renew_s < lease_s:
+    raise ValueError(f'run_lock.renew_s={renew_s} must be in (0, run_lock.lease_s={lease_s})')
+
+
+def check(workdir: str, lease_s: float) -> dict | None:
   """Refuse (Locked) if a live run holds the workdir; else the stale lock's info, or None.
 
   Reads only: nothing in the workdir is touched.
@@ -95,24 +102,19 @@ def check(workdir: str, lease_s: float = DEFAULTS['lease_s']) -> dict | None:
 
 
 def _link_new(path: str, info: dict) -> bool:
-  """Create the lock with `info` unless one exists: write aside, hard-link into place."""
-  tmp = f'{path}.{os.getpid()}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(info, f)
+  """Create the lock with `info` unless one exists (written aside, hard-linked into place)."""
   try:
-    os.link(tmp, path)
+    with files.atomic(path, overwrite=False) as f:
+      json.dump(info, f)
     return True
   except FileExistsError:
     return False
-  finally:
-    os.remove(tmp)
 
 
 class RunLock:
   """Holds workdir/run.lock from acquire() to release(), renewing its lease meanwhile."""
 
-  def __init__(self, workdir: str, lease_s: float = DEFAULTS['lease_s'],
-               renew_s: float = DEFAULTS['renew_s'], log=None):
+  def __init__(self, workdir: str, lease_s: float, renew_s: float, log=None):
     self.workdir, self.lease_s, self.renew_s = workdir, lease_s, renew_s
     self.path = os.path.join(workdir, LOCK)
     self.info = None
@@ -121,6 +123,15 @@ class RunLock:
     self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
 
   def acquire(self) -> 'RunLock':
+    """Take the lock (Locked if a live run has it; OSError in one line if it cannot be
+    written, e.g. on a full disk, leaving nothing behind)."""
+    try:
+      return self._acquire()
+    except OSError as e:
+      raise OSError(f'could not write the run lock {self.path} ({e.strerror or e}); nothing '
+                    'was started') from None
+
+  def _acquire(self) -> 'RunLock':
     os.makedirs(self.workdir, exist_ok=True)
     me = _me()
     for _ in range(100):
@@ -163,10 +174,7 @@ class RunLock:
       if read(self.workdir) != self.info:      # someone else's now: stop touching it
         return
       renewed = dict(self.info, renewed=time.time())
-      tmp = f'{self.path}.{os.getpid()}.renew'
-      with open(tmp, 'w') as f:
-        json.dump(renewed, f)
-      os.replace(tmp, self.path)
+      files.write_json(self.path, renewed, indent=None)
       self.info = renewed        # only once it is on disk: a failed write leaves both as they were
 
   def release(self) -> None:

@@ -27,6 +27,8 @@ import shlex
 import subprocess
 import sys
 
+from vit_jax import files
+
 SWEEP_FILE = 'sweep.json'
 LOG_FILE = 'train.log'
 
@@ -126,13 +128,6 @@ def is_finished(workdir: str, total_epochs: int) -> bool:
   return bool(rows) and int(rows[-1]['epoch']) >= total_epochs
 
 
-def write_json(path: str, data: dict) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(data, f, indent=1)
-  os.replace(tmp, path)
-
-
 def plan(args) -> list[dict]:
   """Every run, its config built and checked, before anything is run or written."""
   from vit_jax import preflight
@@ -192,7 +187,7 @@ def run_local(args, runs, env) -> list[str]:
       print(f'{tag}: finished, skipped', flush=True)
       continue
     os.makedirs(run['workdir'], exist_ok=True)
-    write_json(os.path.join(run['workdir'], SWEEP_FILE), run['record'])
+    files.write_json(os.path.join(run['workdir'], SWEEP_FILE), run['record'])
     log = os.path.join(run['workdir'], LOG_FILE)
     print(f'{tag}: running, output in {log}', flush=True)
     with open(log, 'a') as f:
@@ -218,7 +213,7 @@ def run_slurm(args, runs, env) -> list[str]:
       print(shlex.join(command), flush=True)
       continue
     os.makedirs(run['workdir'], exist_ok=True)
-    write_json(os.path.join(run['workdir'], SWEEP_FILE), run['record'])
+    files.write_json(os.path.join(run['workdir'], SWEEP_FILE), run['record'])
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     print(f'{run["name"]}: {(proc.stdout or proc.stderr).strip()}', flush=True)
     if proc.returncode:

@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from vit_jax import files
 from vit_jax.analysis import plots
 from vit_jax.analysis import scoreboard
 
@@ -149,8 +150,8 @@ def main(argv=None):
   print(text)
   base = os.path.splitext(args.out)[0]
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  scoreboard.write_atomic(args.out, text)
-  scoreboard.write_atomic(base + '.json', json.dumps(result, indent=1))
+  files.write_text(args.out, text)
+  files.write_json(base + '.json', result)
   plots.save(figure(result, args.plot.split(',')), base + '.png')
 
 

@@ -9,13 +9,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
+from vit_jax import files  # noqa: E402
+
 
 def save(fig, path: str) -> str:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=90, bbox_inches='tight')
+  with files.atomic(path, 'wb') as f:
+    fig.savefig(f, format='png', dpi=90, bbox_inches='tight')
   plt.close(fig)
-  os.replace(tmp, path)
   return path
 
 

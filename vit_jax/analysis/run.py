@@ -21,6 +21,7 @@ import re
 import jax
 import numpy as np
 
+from vit_jax import files
 from vit_jax import models
 from vit_jax.analysis import analyses
 from vit_jax.analysis import plots
@@ -46,14 +47,7 @@ def check(config, workdir: str) -> int | None:
     imagefolder.ImageListSource(os.path.expanduser(config.analysis.images))
   imported = pretrained.load(config)
   if imported is not None:   # the workdir is only where the output goes
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-      raise ValueError(f'workdir {workdir!r} exists and is not a directory')
-    folder = os.path.abspath(workdir)
-    while not os.path.isdir(folder):
-      folder = os.path.dirname(folder)
-    if not os.access(folder, os.W_OK):
-      raise ValueError(f'workdir {workdir!r}: {folder!r} is not writable; choose another '
-                       '--workdir for the output')
+    files.require_writable(workdir, 'workdir', 'choose another --workdir for the output')
     model = models.build_model(config.model, config.dataset.num_classes, 'float32')
     pretrained.check_fits(config, imported, models.abstract_params(model))
     return None
@@ -62,6 +56,9 @@ def check(config, workdir: str) -> int | None:
   if not metrics_io.read(os.path.join(workdir, 'metrics.csv')):
     raise FileNotFoundError(f'workdir {workdir!r} has no metrics.csv rows; analyze needs a '
                             f'workdir that finished at least one epoch')
+  # analysis.json, analysis.md and plots/ are written at the end: fail now, not after the work.
+  files.require_writable(workdir, 'workdir', 'analyze writes analysis.json, analysis.md and '
+                         'plots/ there', also=['plots'])
   epoch = checkpoint.select_step(workdir, config.analysis.checkpoint, 'analysis.checkpoint')
   model = models.build_model(config.model, config.dataset.num_classes, 'float32')
   step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
@@ -307,12 +304,6 @@ def _toolkit_report(summary: dict) -> list[str]:
   return lines
 
 
-def _write_atomic(path: str, text: str) -> None:
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
-
-
 def analyze(config, workdir: str) -> dict:
   epoch = check(config, workdir)
   if epoch is None:   # an imported model: the workdir is the output folder
@@ -320,8 +311,8 @@ def analyze(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
   summary, figures = summarize(config, workdir, epoch)
   summary['plots'] = save_plots(workdir, figures)
-  _write_atomic(os.path.join(workdir, 'analysis.json'), json.dumps(summary, indent=1))
-  _write_atomic(os.path.join(workdir, 'analysis.md'), report(summary))
+  files.write_json(os.path.join(workdir, 'analysis.json'), summary)
+  files.write_text(os.path.join(workdir, 'analysis.md'), report(summary))
   o = summary['output_norms']
   what = f'epoch {epoch}' if epoch is not None else repr(summary['imported']['source'])
   print(f"analysed {what}: outlier ratio {o['l2_outlier_ratio']:.4f}, max/median norm "

@@ -23,6 +23,7 @@ import sys
 
 import numpy as np
 
+from vit_jax import files
 from vit_jax.train import checkpoint
 from vit_jax.train import metrics_io
 
@@ -200,15 +201,8 @@ def main(argv=None):
   print(table)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    write_atomic(args.out, table)
-    write_atomic(os.path.splitext(args.out)[0] + '.json',
-                  json.dumps({'runs': rows, 'over_seeds': groups}, indent=1))
-
-
-def write_atomic(path: str, text: str) -> None:
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
+    files.write_text(args.out, table)
+    files.write_json(os.path.splitext(args.out)[0] + '.json', {'runs': rows, 'over_seeds': groups})
 
 
 if __name__ == '__main__':

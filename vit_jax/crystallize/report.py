@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from vit_jax import files
+
 
 def table(r: dict) -> str:
   base = r['ppl_baseline']
@@ -41,8 +43,7 @@ def table(r: dict) -> str:
 
 def write_json(r: dict, workdir: str) -> str:
   path = os.path.join(workdir, 'crystallize.json')
-  with open(path, 'w') as f:
-    json.dump(r, f, indent=1)
+  files.write_json(path, r)
   return path
 
 

@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 
+from vit_jax import files
 from vit_jax.crystallize import data
 from vit_jax.crystallize import report
 from vit_jax.crystallize import small_model
@@ -40,8 +41,7 @@ def run(config, workdir: str, log=print) -> dict:
   calib, evals = data.split_blocks(all_blocks, study_cfg.calib_blocks, study_cfg.eval_blocks,
                                    study_cfg.calib_in_scored)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=1))
+  files.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=1))
   if config.gpt2.weights:
     model = small_model.load_pretrained(config.gpt2.weights)
   else:

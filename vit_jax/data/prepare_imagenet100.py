@@ -27,6 +27,7 @@ from absl import app
 from absl import flags
 
 from vit_jax import exits
+from vit_jax import files
 from vit_jax.data import imagefolder
 
 _SRC = flags.DEFINE_string('src', None, 'ImageNet-1k root or the train.X*/val.X archive root.')
@@ -116,9 +117,7 @@ def build(src: str, dst: str, copy: bool = False, val_labels: str | None = None)
   roots = plan(src)
   reference_layout = os.path.basename(roots['val'][0]) == 'val.X'
   wanted = None if reference_layout else set(class_list())
-  tmp = dst + '.partial'
-  shutil.rmtree(tmp, ignore_errors=True)
-  try:
+  with files.atomic_dir(dst) as tmp:
     counts = {}
     for split, dirs in roots.items():
       classes = {}
@@ -139,10 +138,6 @@ def build(src: str, dst: str, copy: bool = False, val_labels: str | None = None)
         raise FileNotFoundError(f'{len(missing)} of the 100 classes are not in --src '
                                 f'train/, e.g. {missing[:3]}')
     check(tmp)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  os.replace(tmp, dst)
   return counts
 
 

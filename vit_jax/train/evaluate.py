@@ -13,14 +13,13 @@ run lock is not taken, so this may run beside the training that writes the workd
 (it reads only finished checkpoints), as analyze does.
 """
 import functools
-import json
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import files
 from vit_jax import models
 from vit_jax.data import sources
 from vit_jax.data.augment import normalize
@@ -42,11 +41,8 @@ def check(config, workdir: str) -> int:
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'workdir {workdir!r} does not exist; evaluate needs a training '
                             'workdir')
-  try:   # the result files are written at the end: fail now, not after the evaluation
-    tempfile.TemporaryFile(dir=workdir).close()
-  except OSError as err:
-    raise ValueError(f'workdir {workdir!r} is not writable ({err.strerror}); evaluate writes '
-                     'its result there') from None
+  # The result files are written at the end: fail now, not after the evaluation.
+  files.require_writable(workdir, 'workdir', 'evaluate writes its result there')
   epoch = checkpoint.select_step(workdir, e.checkpoint, 'evaluate.checkpoint')
   step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
   model = models.build_model(config.model, config.dataset.num_classes, 'float32')
@@ -90,16 +86,6 @@ def summary(out: dict, num_classes: int) -> dict:
           'per_class_count': counts.tolist()}
 
 
-def _write_atomically(path: str, write) -> None:
-  tmp = f'{path}.tmp{os.getpid()}'
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def evaluate(config, workdir: str) -> dict:
   """Evaluate the chosen checkpoint; returns the summary written to the workdir."""
   epoch = check(config, workdir)
@@ -114,17 +100,9 @@ def evaluate(config, workdir: str) -> dict:
             'dataset': config.dataset.name, **summary(out, config.dataset.num_classes)}
   if jax.process_index() == 0:
     stem = os.path.join(workdir, f'evaluate_{e.split}_{epoch}_{e.weights}')
-
-    def write_json(path):
-      with open(path, 'w') as f:
-        json.dump(result, f, indent=1)
-
-    def write_npz(path):
-      with open(path, 'wb') as f:
-        np.savez(f, logits=out['logits'], labels=out['labels'])
-
-    _write_atomically(stem + '.npz', write_npz)
-    _write_atomically(stem + '.json', write_json)
+    with files.atomic(stem + '.npz', 'wb') as f:
+      np.savez(f, logits=out['logits'], labels=out['labels'])
+    files.write_json(stem + '.json', result)
     print(f"epoch {epoch} ({e.weights} weights) on {config.dataset.name} {e.split}: top-1 "
           f"{result['acc1']:.2f}% top-5 {result['acc5']:.2f}% over {result['count']} images; "
           f'written to {stem}.json', flush=True)

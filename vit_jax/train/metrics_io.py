@@ -2,6 +2,7 @@
 import csv
 import os
 
+from vit_jax import files
 from vit_jax.train import faults
 
 # val_loss: softmax cross-entropy on the labels for every model (DeiT's evaluate());
@@ -26,13 +27,10 @@ def read(path: str) -> list[dict]:
 
 
 def write(path: str, rows: list[dict]) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', newline='') as f:
+  with files.atomic(path, newline='', before_commit=lambda: faults.point('metrics')) as f:
     w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
     w.writeheader()
     w.writerows(rows)
-  faults.point('metrics')
-  os.replace(tmp, path)
 
 
 def append(path: str, row: dict, keep_through_epoch: int) -> None:
