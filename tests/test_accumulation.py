@@ -37,15 +37,15 @@ def _batches():
 
 
 def _train(name, k):
-  trainer = steps.Trainer(_config(name, k))
+  compiled = steps.CompiledSteps(_config(name, k))
   # 2 updates of warmup: every update has its own lr, so a schedule counted in
   # micro-steps would show.
-  state = trainer.setup(steps_per_epoch=2)
+  state = compiled.setup(steps_per_epoch=2)
   start = jax.device_get(state.params)
   for batch in _batches():
     for j in range(k):
       part = {n: v[j * BATCH // k:(j + 1) * BATCH // k] for n, v in batch.items()}
-      state, _ = trainer.train_step(state, trainer.global_batch(part))
+      state, _ = compiled.train_step(state, compiled.global_batch(part))
   return start, jax.device_get(state)
 
 
@@ -84,8 +84,8 @@ def test_ema_follows_timm_model_ema_v3_once_per_optimizer_update():
   from timm.utils.model_ema import ModelEmaV3
   c = _config('adamw', K)
   c.ema.update(decay=0.9, warmup=True, warmup_gamma=1.0, warmup_power=2 / 3)
-  trainer = steps.Trainer(c)
-  state = trainer.setup(steps_per_epoch=2)
+  compiled = steps.CompiledSteps(c)
+  state = compiled.setup(steps_per_epoch=2)
   as_torch = lambda tree: [torch.from_numpy(np.array(a)) for a in jax.tree.leaves(tree)]
   net = torch.nn.ParameterList([torch.nn.Parameter(t) for t in as_torch(state.params)])
   ema_ref = ModelEmaV3(net, decay=0.9, use_warmup=True, warmup_gamma=1.0, warmup_power=2 / 3)
@@ -93,7 +93,7 @@ def test_ema_follows_timm_model_ema_v3_once_per_optimizer_update():
   for batch in _batches():
     for j in range(K):
       part = {n: v[j * BATCH // K:(j + 1) * BATCH // K] for n, v in batch.items()}
-      state, _ = trainer.train_step(state, trainer.global_batch(part))
+      state, _ = compiled.train_step(state, compiled.global_batch(part))
       now = jax.device_get(state)
       if j == K - 1:   # an optimizer update: timm's EMA takes the new weights
         updates += 1

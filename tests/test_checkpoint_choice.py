@@ -37,7 +37,7 @@ def _config():
 def workdir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('choice'))
   c = _config()
-  state = steps.Trainer(c).setup(steps_per_epoch=1)
+  state = steps.CompiledSteps(c).setup(steps_per_epoch=1)
   mngr = checkpoint.manager(path, every_epochs=1)
   for epoch, acc in enumerate(ACC, 1):
     params = jax.tree.map(jnp.copy, state.params)

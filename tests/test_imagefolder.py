@@ -233,9 +233,9 @@ def test_the_probe_batch_holds_no_padding(tmp_path):
   c.dataset.update(name='imagenet100', data_dir=root, num_classes=3)
   c.model.update(depth=1, width=32, num_heads=2)
   c.probe.num_images = 8
-  trainer = steps.Trainer(c)
+  compiled = steps.CompiledSteps(c)
   src = imagefolder.ImageFolderSource(root, 'val')
-  probe = np.asarray(evaluation.probe_batch(trainer, src))
+  probe = np.asarray(evaluation.probe_batch(compiled, src))
   readable = [src[i]['image'] for i in range(len(src)) if src[i]['image'] is not None][:8]
   want = np.stack([pipeline.center_crop(im, 16, c.dataset.eval_crop_ratio) for im in readable])
   np.testing.assert_array_equal(probe, want)               # no black padding image

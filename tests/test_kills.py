@@ -79,7 +79,7 @@ def test_the_distillation_and_teacher_trainers_act_on_sigterm(tmp_path, config):
   workdir = tmp_path / 'run'
   extra = ['--config.batch_size=8', '--config.total_epochs=2']
   if config == 'deit_distill':                  # an untrained quick teacher, saved for real
-    teacher = steps.Trainer(config_lib.load('teacher_resnet', 'quick'))
+    teacher = steps.CompiledSteps(config_lib.load('teacher_resnet', 'quick'))
     mngr = checkpoint.manager(str(tmp_path / 'teacher'), 1)
     checkpoint.save(mngr, 1, teacher.setup(steps_per_epoch=1), {'seed': 0}, {'val_acc1': 0.0})
     mngr.close()

@@ -42,7 +42,7 @@ def _config():
 def run(tmp_path_factory):
   """(metrics.csv rows, [(params before the step, the step's batch)], steps per epoch)."""
   records = []
-  real_setup = steps.Trainer.setup
+  real_setup = steps.CompiledSteps.setup
 
   def setup(self, *args, **kwargs):
     state = real_setup(self, *args, **kwargs)
@@ -55,7 +55,7 @@ def run(tmp_path_factory):
     return state
 
   mp = pytest.MonkeyPatch()
-  mp.setattr(steps.Trainer, 'setup', setup)
+  mp.setattr(steps.CompiledSteps, 'setup', setup)
   workdir = str(tmp_path_factory.mktemp('logged'))
   try:
     loop.train_and_evaluate(_config(), workdir)

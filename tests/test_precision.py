@@ -1,5 +1,5 @@
 """config.dtype='bfloat16' asserted on the train step itself: the dtypes of the operations in
-the jaxpr of the step that Trainer compiles (forward, backward and update), where the
+the jaxpr of the step that CompiledSteps compiles (forward, backward and update), where the
 other bf16 tests only check closeness to float32, which a silently float32 step passes.
 
 README's promise, op by op: the model's matmuls (every Dense layer, forward and both
@@ -37,11 +37,11 @@ def _step_ops(dtype: str) -> collections.Counter:
   c = config_lib.load('vanilla', 'quick')
   c.model.update(depth=DEPTH, width=32, num_heads=2)
   c.update(dtype=dtype, batch_size=4)
-  trainer = steps.Trainer(c)
-  state = trainer.setup(steps_per_epoch=1)
-  batch = trainer.global_batch({'image': np.zeros((4, 16, 16, 3), np.uint8),
+  compiled = steps.CompiledSteps(c)
+  state = compiled.setup(steps_per_epoch=1)
+  batch = compiled.global_batch({'image': np.zeros((4, 16, 16, 3), np.uint8),
                                 'label': np.zeros(4, np.int32)})
-  jaxpr = jax.make_jaxpr(trainer.jitted_step)(state, batch, None)
+  jaxpr = jax.make_jaxpr(compiled.jitted_step)(state, batch, None)
   ops = collections.Counter()
   ops[('output', tuple(sorted({str(a.dtype) for a in jaxpr.out_avals})), '')] = 1
   for e in _eqns(jaxpr):

@@ -39,8 +39,8 @@ def _teacher_workdir(tmp_path, width=16):
   """A teacher checkpoint in the real on-disk format, from an untrained quick teacher."""
   c = config_lib.load('teacher_resnet', 'quick')
   c.model.width = width
-  trainer = steps.Trainer(c)
-  state = trainer.setup(steps_per_epoch=1)
+  compiled = steps.CompiledSteps(c)
+  state = compiled.setup(steps_per_epoch=1)
   mngr = checkpoint.manager(str(tmp_path), 10)
   checkpoint.save(mngr, 3, state, {'seed': 0}, {'val_acc1': 50.0})
   mngr.close()
@@ -80,22 +80,22 @@ def test_frozen_teacher_inside_the_train_step(tmp_path):
   teacher_params = _teacher_workdir(tmp_path)
   c = _distill_config(str(tmp_path))
   pair = teacher.load(c.teacher, 10)
-  trainer = steps.Trainer(c, teacher=pair)
-  state = trainer.setup(steps_per_epoch=1)
+  compiled = steps.CompiledSteps(c, teacher=pair)
+  state = compiled.setup(steps_per_epoch=1)
   params0 = jax.device_get(state.params)
   batch = next(pipeline.eval_batches(sources.digits('train', 16), 64))
   del batch['mask']
-  state, metrics = trainer.train_step(state, trainer.global_batch(batch))
+  state, metrics = compiled.train_step(state, compiled.global_batch(batch))
 
   images = augment.normalize(jnp.asarray(batch['image']), c.dataset)
   t_logits = pair[0].apply({'params': teacher_params}, images)[0]
-  _, out = trainer.model.apply({'params': params0}, images, train=True,
+  _, out = compiled.model.apply({'params': params0}, images, train=True,
                                rngs={'dropout': jax.random.key(0)})
   targets = jax.nn.one_hot(batch['label'], 10)
   expected = (0.5 * losses.softmax_xent(out['cls_logits'], losses.smooth_labels(targets, 0.1)) +
               0.5 * losses.hard_distillation(out['dist_logits'], t_logits))
   np.testing.assert_allclose(metrics['loss'], expected, rtol=1e-5)
-  chex.assert_trees_all_close(trainer.teacher_params, teacher_params)   # frozen
+  chex.assert_trees_all_close(compiled.teacher_params, teacher_params)   # frozen
 
 
 def test_bfloat16_training_tracks_float32():
@@ -112,16 +112,16 @@ def test_bfloat16_training_tracks_float32():
   results = {}
   for dtype in ('float32', 'bfloat16'):
     c.dtype = dtype
-    trainer = steps.Trainer(c)
-    state = trainer.setup(steps_per_epoch=40)
+    compiled = steps.CompiledSteps(c)
+    state = compiled.setup(steps_per_epoch=40)
     step_losses = []
     for i in range(40):
-      state, metrics = trainer.train_step(state, trainer.global_batch(batches[i % 10]))
+      state, metrics = compiled.train_step(state, compiled.global_batch(batches[i % 10]))
       step_losses.append(metrics['loss'])
     for leaf in jax.tree.leaves((state.params, state.opt_state)):
       assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
     assert all(l.dtype == jnp.float32 for l in step_losses)
-    logits, _ = trainer.model.apply({'params': state.params},
+    logits, _ = compiled.model.apply({'params': state.params},
                                     augment.normalize(jnp.asarray(batches[0]['image']), c.dataset))
     assert logits.dtype == jnp.float32
     results[dtype] = (np.asarray(step_losses, np.float64), np.asarray(logits))

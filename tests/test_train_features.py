@@ -137,7 +137,7 @@ def test_evaluate_refuses_bad_requests_in_one_line(runs, tmp_path):
   c = _config()
   c.ema.decay = 0.0     # a run without EMA: its checkpoint has none
   mngr = checkpoint.manager(str(tmp_path / 'plain'), 1)
-  checkpoint.save(mngr, 1, steps.Trainer(c).setup(steps_per_epoch=1), {'seed': 0},
+  checkpoint.save(mngr, 1, steps.CompiledSteps(c).setup(steps_per_epoch=1), {'seed': 0},
                   {'val_acc1': 0.0})
   mngr.close()
   with pytest.raises(ValueError, match=r"evaluate.weights='ema' but checkpoint .* holds no EMA "

@@ -12,7 +12,8 @@ import importlib
 
 
 @dataclasses.dataclass(frozen=True)
-class Trainer:
+class Entry:
+  """One row of TRAINERS."""
   run: str                       # 'module:function', called as f(config, workdir)
   check: str = ''                # 'module:function', called as f(config, workdir) by preflight
   writes_workdir: bool = True    # holds workdir/run.lock while it runs
@@ -21,22 +22,22 @@ class Trainer:
 
 
 TRAINERS = {
-    'train': Trainer('vit_jax.train.loop:train_and_evaluate',
+    'train': Entry('vit_jax.train.loop:train_and_evaluate',
                      errors=(FloatingPointError, OSError, ValueError)),
     # Only reads a workdir, so it may run beside the training that writes it (with
     # init.source it analyses an imported model and the workdir is only its output).
-    'analyze': Trainer('vit_jax.analysis.run:analyze', check='vit_jax.analysis.run:check',
+    'analyze': Entry('vit_jax.analysis.run:analyze', check='vit_jax.analysis.run:check',
                        writes_workdir=False, errors=()),
     # Writes only its own result files (evaluate_<split>_<epoch>_<weights>.json / .npz,
     # each atomically) and reads finished checkpoints: no run lock, like analyze.
-    'evaluate': Trainer('vit_jax.train.evaluate:evaluate', check='vit_jax.train.evaluate:check',
+    'evaluate': Entry('vit_jax.train.evaluate:evaluate', check='vit_jax.train.evaluate:check',
                         writes_workdir=False, errors=(ValueError, FileNotFoundError, OSError)),
-    'crystallize': Trainer('vit_jax.crystallize.run:run', check='vit_jax.crystallize.checks:check',
+    'crystallize': Entry('vit_jax.crystallize.run:run', check='vit_jax.crystallize.checks:check',
                            vit_config=False),
 }
 
 
-def get(name: str) -> Trainer:
+def get(name: str) -> Entry:
   if name not in TRAINERS:
     raise ValueError(f'trainer={name!r} is not one of {tuple(TRAINERS)}')
   return TRAINERS[name]

@@ -280,13 +280,13 @@ def test_train_step_forward_is_the_training_one(monkeypatch):
                  layerscale_init=1e-4, pos_embed='patches', drop_path_rate=DROP_PATH)
   c.dataset.update(num_classes=7)
   c.batch_size = 3
-  trainer = steps.Trainer(c)
+  compiled = steps.CompiledSteps(c)
   params = convert.from_torch(ref.state_dict(), model, 'timm')
   flat = {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(params).items()}
-  state = trainer.setup(steps_per_epoch=1, start=flat)
+  state = compiled.setup(steps_per_epoch=1, start=flat)
   pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
   labels = np.array([1, 5, 6], np.int32)
-  _, metrics = trainer.train_step(state, trainer.global_batch({'image': pixels,
+  _, metrics = compiled.train_step(state, compiled.global_batch({'image': pixels,
                                                                'label': labels}))
   x = (pixels / 255.0 - np.asarray(c.dataset.mean)) / np.asarray(c.dataset.std)
   ref.train()

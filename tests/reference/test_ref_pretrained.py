@@ -92,7 +92,7 @@ def test_fine_tuning_starts_from_the_import_and_a_resume_from_the_workdir(tmp_pa
   run = loop.Run(c, str(tmp_path))
   try:
     got = _flat(run.state.params)          # before the first step
-    own = _flat(models.init_params(run.trainer.model, run.trainer.init_rng))
+    own = _flat(models.init_params(run.compiled.model, run.compiled.init_rng))
     assert got['pos_embedding'].shape == imported['pos_embedding'].shape == (1, 16, 32)
     assert got['head/out/kernel'].shape == (32, 10) != imported['head/out/kernel'].shape
     for key, value in got.items():

@@ -15,8 +15,8 @@ def bench_checkpoint(config, saves: int = 3) -> dict:
   """Seconds one epoch checkpoint holds up the train loop (median of `saves`), written
   synchronously and in the background (orbax async, the default); each write is let to
   finish, outside the timing, before the next."""
-  trainer = steps.Trainer(config)
-  state = trainer.setup(steps_per_epoch=1)
+  compiled = steps.CompiledSteps(config)
+  state = compiled.setup(steps_per_epoch=1)
   out = {'params': models.count_params(state.params),
          'state_mb': sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20}
   for mode in ('sync', 'async'):

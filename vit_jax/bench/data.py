@@ -62,8 +62,8 @@ def _time(fn, repeats: int) -> float:
 
 def bench_shape(config, steps: int) -> dict:
   """Pipeline (grain + on-device augmentation) vs train-step images/s for one config."""
-  trainer = train_steps.Trainer(config)
-  state = trainer.setup(steps_per_epoch=100)
+  compiled = train_steps.CompiledSteps(config)
+  state = compiled.setup(steps_per_epoch=100)
   src = sources.get(config.dataset, 'train')
   it = pipeline.TrainStream(src, config.dataset, config.batch_size, seed=0).batches(
       0, config.dataset.workers)
@@ -79,11 +79,11 @@ def bench_shape(config, steps: int) -> dict:
 
   batch = data_batch()
   data_s = _time(data_batch, steps * 4)
-  global_batch = trainer.global_batch(batch)
+  global_batch = compiled.global_batch(batch)
   holder = {'state': state}
 
   def step():
-    holder['state'], m = trainer.train_step(holder['state'], global_batch)
+    holder['state'], m = compiled.train_step(holder['state'], global_batch)
     jax.block_until_ready(m['loss'])
 
   step_s = _time(step, steps)

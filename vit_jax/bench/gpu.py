@@ -66,13 +66,13 @@ def sharded_vs_single(config, devices, batch: dict, n_steps: int = 3) -> dict:
   """Losses and params after n_steps on one device and sharded over `devices`."""
   results = []
   for mesh_devices in (devices[:1], devices):
-    trainer = train_steps.Trainer(config, mesh=train_steps.make_mesh(mesh_devices))
-    state = trainer.setup(steps_per_epoch=23)
+    compiled = train_steps.CompiledSteps(config, mesh=train_steps.make_mesh(mesh_devices))
+    state = compiled.setup(steps_per_epoch=23)
     losses = []
     for _ in range(n_steps):
-      global_batch = trainer.global_batch(batch)
+      global_batch = compiled.global_batch(batch)
       assert len(global_batch['image'].sharding.device_set) == len(mesh_devices)
-      state, metrics = trainer.train_step(state, global_batch)
+      state, metrics = compiled.train_step(state, global_batch)
       losses.append(float(metrics['loss']))
     leaf = jax.tree.leaves(state.params)[0]
     assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == len(mesh_devices)

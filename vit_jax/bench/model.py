@@ -6,7 +6,7 @@ r"""Train-step benchmark of the model variants, side by side with timm (`bench m
   python -m vit_jax.bench model --mode epoch --dtypes bfloat16 --attention_impl cudnn
 
 `step` mode: per shape and dtype, every variant's real jitted train step
-(`Trainer.jitted_step`, compiled once), the timm models of the same shapes,
+(`CompiledSteps.jitted_step`, compiled once), the timm models of the same shapes,
 and the matmul peak are timed in interleaved rounds (each warmed alike, the order
 shuffled every round), so a noisy shared machine slows all of them alike and the
 printed ratios stay fair. FLOPs come from XLA's cost analysis of the compiled step,
@@ -132,19 +132,19 @@ class JaxStep:
     if config.teacher.kind != 'none':
       t_model = models.build_model(config.teacher.model, config.dataset.num_classes)
       teacher = (t_model, models.init_params(t_model, jax.random.key(1)))
-    self.trainer = train_steps.Trainer(config, teacher=teacher)
-    self.state = self.trainer.setup(steps_per_epoch=100)
-    self.batch = self.trainer.global_batch(synthetic_batch(config, config.batch_size))
+    self.steps = train_steps.CompiledSteps(config, teacher=teacher)
+    self.state = self.steps.setup(steps_per_epoch=100)
+    self.batch = self.steps.global_batch(synthetic_batch(config, config.batch_size))
     t0 = time.perf_counter()
-    self.compiled = self.trainer.jitted_step.lower(
-        self.state, self.batch, self.trainer.teacher_params).compile()
+    self.compiled = self.steps.jitted_step.lower(
+        self.state, self.batch, self.steps.teacher_params).compile()
     self.compile_s = time.perf_counter() - t0
     self.flops = float(_first(self.compiled.cost_analysis())['flops'])
     self.memory_bytes = compiled_memory_bytes(self.compiled)
     self.params = models.count_params(self.state.params)
 
   def __call__(self):
-    self.state, m = self.compiled(self.state, self.batch, self.trainer.teacher_params)
+    self.state, m = self.compiled(self.state, self.batch, self.steps.teacher_params)
     jax.block_until_ready(m['loss'])
 
 
@@ -270,15 +270,15 @@ def bench_epoch(dtype: str, batch: int, images: int, attention: str = 'xla',
   c.batch_size = c.eval_batch_size = batch
   c.dtype = dtype
   c.model.update(attention_impl=attention, **model_overrides)
-  trainer = train_steps.Trainer(c)
+  compiled = train_steps.CompiledSteps(c)
   steps = images // batch
-  state = trainer.setup(steps_per_epoch=steps)
-  batches = [trainer.global_batch(synthetic_batch(c, batch, seed=i)) for i in range(pool)]
-  state, m = trainer.train_step(state, batches[0])     # compile
+  state = compiled.setup(steps_per_epoch=steps)
+  batches = [compiled.global_batch(synthetic_batch(c, batch, seed=i)) for i in range(pool)]
+  state, m = compiled.train_step(state, batches[0])     # compile
   jax.block_until_ready(m['loss'])
   t0 = time.perf_counter()
   for i in range(steps):
-    state, m = trainer.train_step(state, batches[i % pool])
+    state, m = compiled.train_step(state, batches[i % pool])
   jax.block_until_ready(m['loss'])
   secs = time.perf_counter() - t0
   return {'dtype': dtype, 'batch': batch, 'steps': steps, 'images': steps * batch,

@@ -60,16 +60,16 @@ def logits_and_correct(params, batch, *, model, config):
           'top5': losses.topk_correct(logits, batch['label'], 5)}
 
 
-def run_split(trainer, params, source) -> dict:
+def run_split(compiled, params, source) -> dict:
   """{'logits' (N, C), 'labels' (N,), 'top1' (N,), 'top5' (N,)} of the readable examples."""
-  fn = jax.jit(functools.partial(logits_and_correct, model=trainer.model, config=trainer.config),
-               in_shardings=(trainer.replicated, trainer.data_sharding),
-               out_shardings=trainer.replicated)
-  params = jax.device_put(params, trainer.replicated)
+  fn = jax.jit(functools.partial(logits_and_correct, model=compiled.model, config=compiled.config),
+               in_shardings=(compiled.replicated, compiled.data_sharding),
+               out_shardings=compiled.replicated)
+  params = jax.device_put(params, compiled.replicated)
   parts = []
-  for batch in evaluation.eval_batches(trainer, source, trainer.config.eval_batch_size):
+  for batch in evaluation.eval_batches(compiled, source, compiled.config.eval_batch_size):
     batch.pop('unreadable')
-    out = jax.device_get(fn(params, trainer.global_batch(trainer.local_rows(batch))))
+    out = jax.device_get(fn(params, compiled.global_batch(compiled.local_rows(batch))))
     mask = batch['mask'].astype(bool)
     parts.append({**{k: v[mask] for k, v in out.items()}, 'labels': batch['label'][mask]})
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -91,11 +91,11 @@ def evaluate(config, workdir: str) -> dict:
   epoch = check(config, workdir)
   e = config.evaluate
   step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
-  trainer = steps.Trainer(config)
-  abstract = models.abstract_params(trainer.model)
+  compiled = steps.CompiledSteps(config)
+  abstract = models.abstract_params(compiled.model)
   params = jax.tree.map(lambda a, p: np.asarray(p, a.dtype), abstract,
                         checkpoint.restore_params(step_dir, e.weights))
-  out = run_split(trainer, params, sources.get(config.dataset, e.split))
+  out = run_split(compiled, params, sources.get(config.dataset, e.split))
   result = {'epoch': epoch, 'weights': e.weights, 'split': e.split,
             'dataset': config.dataset.name, **summary(out, config.dataset.num_classes)}
   if jax.process_index() == 0:

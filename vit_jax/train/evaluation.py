@@ -7,19 +7,19 @@ from vit_jax.data import pipeline
 from vit_jax.data import sources
 
 
-def eval_batches(trainer, source, batch_size: int):
+def eval_batches(compiled, source, batch_size: int):
   """The split in fixed order, cropped as the data set's evaluation policy says."""
-  d = trainer.config.dataset
+  d = compiled.config.dataset
   return pipeline.eval_batches(source, batch_size, image_size=sources.eval_crop(d),
                                crop_ratio=d.eval_crop_ratio)
 
 
-def evaluate(trainer, params, source) -> dict:
+def evaluate(compiled, params, source) -> dict:
   """val_loss, val_acc1, val_acc5 and val_objective over the whole split."""
   totals, unreadable = None, []
-  for batch in eval_batches(trainer, source, trainer.config.eval_batch_size):
+  for batch in eval_batches(compiled, source, compiled.config.eval_batch_size):
     unreadable += batch.pop('unreadable')
-    sums = trainer.eval_step(params, trainer.global_batch(trainer.local_rows(batch)))
+    sums = compiled.eval_step(params, compiled.global_batch(compiled.local_rows(batch)))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if jax.process_index() == 0:   # every process reads the whole split
     pipeline.report_unreadable('evaluation', 'left out', unreadable)
@@ -31,13 +31,13 @@ def evaluate(trainer, params, source) -> dict:
           'val_objective': float(totals['objective']) / count}
 
 
-def probe_batch(trainer, source):
+def probe_batch(compiled, source):
   """The first probe.num_images readable validation images (a multiple of the devices;
   an unreadable file is passed over, never padded in)."""
-  n_dev = trainer.mesh.devices.size
-  n = max(n_dev, trainer.config.probe.num_images // n_dev * n_dev)
+  n_dev = compiled.mesh.devices.size
+  n = max(n_dev, compiled.config.probe.num_images // n_dev * n_dev)
   images = []
-  for batch in eval_batches(trainer, source, n):
+  for batch in eval_batches(compiled, source, n):
     images += list(batch['image'][batch['mask']])
     if len(images) >= n:
       break
@@ -46,4 +46,4 @@ def probe_batch(trainer, source):
     raise ValueError(f'the validation split has {len(images)} readable images, fewer than '
                      f'the {n_dev} devices the probe batch needs')
   images = np.stack(images[:n // n_dev * n_dev])
-  return trainer.global_batch(trainer.local_rows({'image': images}))['image']
+  return compiled.global_batch(compiled.local_rows({'image': images}))['image']

@@ -39,31 +39,31 @@ class Run:
     teacher_pair = None
     if config.teacher.kind != 'none':
       teacher_pair = teacher.load(config.teacher, config.dataset.num_classes)
-    self.trainer = steps.Trainer(config, teacher=teacher_pair)
+    self.compiled = steps.CompiledSteps(config, teacher=teacher_pair)
     self.stream = pipeline.TrainStream(self.train_src, config.dataset, config.batch_size,
                                        config.seed)
     self.steps_per_epoch = self.stream.steps_per_epoch
     # Train steps (micro-steps) per epoch: grad_accum_steps per optimizer update.
     self.accum = config.get('grad_accum_steps', 1)
     self.micro_per_epoch = self.steps_per_epoch * self.accum
-    self.state = self.trainer.setup(self.steps_per_epoch,
+    self.state = self.compiled.setup(self.steps_per_epoch,
                                     pretrained.start_params(config, self.imported))
     self.mngr = checkpoint.manager(workdir, config.checkpoint_every_epochs,
                                    config.checkpoint_async)
     self.preempt_mngr = checkpoint.preempt_manager(workdir)
     self.save_blocked_s = []     # how long each save held up the loop
-    self.compiled = False        # the first train step of this process compiles it
+    self.warm = False            # the first train step of this process compiles it
 
   def restore(self) -> tuple[int, dict]:
     """(finished epochs, progress of the next epoch's steps already done: train_losses,
     train_acc1s, train_s, images, epoch_s)."""
-    resumed = preemption.resume(self.preempt_mngr, self.mngr, self.trainer.abstract_state,
+    resumed = preemption.resume(self.preempt_mngr, self.mngr, self.compiled.abstract_state,
                                 self.micro_per_epoch)
     if resumed:
       self.state, data_state, epochs, done = resumed
     else:
       epochs, restored, data_state = checkpoint.restore_latest(self.mngr,
-                                                               self.trainer.abstract_state)
+                                                               self.compiled.abstract_state)
       done = {}
       if restored is not None:
         self.state = restored
@@ -85,7 +85,7 @@ class Run:
         f.write(self.config.to_json_best_effort(indent=2))
       print(f'model: {models.count_params(self.state.params):,} parameters; '
             f'{self.steps_per_epoch} steps/epoch of {self.config.batch_size} on '
-            f'{self.trainer.mesh.devices.size} device(s)', flush=True)
+            f'{self.compiled.mesh.devices.size} device(s)', flush=True)
 
   def save(self, mngr, step: int, **kw) -> None:
     t0 = time.perf_counter()
@@ -151,10 +151,10 @@ class Run:
       batch = next(data)
       unreadable += batch.pop('unreadable')
       t = time.perf_counter()
-      self.state, m = self.trainer.train_step(self.state, self.trainer.global_batch(batch))
-      if not self.compiled:     # compilation (and this one step) is timed apart
+      self.state, m = self.compiled.train_step(self.state, self.compiled.global_batch(batch))
+      if not self.warm:     # compilation (and this one step) is timed apart
         jax.block_until_ready(m)
-        self.compiled = True
+        self.warm = True
         p['compile_s'] = time.perf_counter() - t
         record(i, jax.device_get(m))
         t_start = time.perf_counter()
@@ -184,17 +184,17 @@ class Run:
     c, spe = self.config, self.steps_per_epoch
     row = {'epoch': epoch, 'train_loss': float(np.mean(p['train_losses'])),
            'train_acc1': 100.0 * float(np.mean(p['train_acc1s'])),
-           **evaluation.evaluate(self.trainer, self.state.params, self.val_src),
-           'lr': float(self.trainer.lr_fn(epoch * spe - 1))}
+           **evaluation.evaluate(self.compiled, self.state.params, self.val_src),
+           'lr': float(self.compiled.lr_fn(epoch * spe - 1))}
     if self.state.ema_params is not None:
-      ema = evaluation.evaluate(self.trainer, self.state.ema_params, self.val_src)
+      ema = evaluation.evaluate(self.compiled, self.state.ema_params, self.val_src)
       row.update({f'{k}_ema': ema[k] for k in ('val_loss', 'val_acc1', 'val_acc5')})
-    norms = jax.device_get(self.trainer.probe(self.state.params, probe))
+    norms = jax.device_get(self.compiled.probe(self.state.params, probe))
     row.update(token_norms.stats(norms['output'], c.probe))
     row['epoch_time_s'] = p['epoch_s'] + time.perf_counter() - self.epoch_t0
     row['images_per_s'] = p['images'] / p['train_s'] if p['train_s'] > 0 else float('nan')
     row['compile_s'] = p['compile_s']
-    self.device_hours += row['epoch_time_s'] * self.trainer.mesh.devices.size / 3600
+    self.device_hours += row['epoch_time_s'] * self.compiled.mesh.devices.size / 3600
     row['device_hours'] = self.device_hours
     if self.is_main:
       np.save(os.path.join(self.workdir, 'l2_norms', f'epoch{epoch}.npy'), norms['output'])
@@ -220,7 +220,7 @@ class Run:
                 if int(r['epoch']) == start_epoch]
     self.device_hours = float(previous[0].get('device_hours') or 0.0) if previous else 0.0
     writer = MetricWriter(self.workdir, self.is_main)
-    probe = evaluation.probe_batch(self.trainer, self.val_src)
+    probe = evaluation.probe_batch(self.compiled, self.val_src)
     data = self.micro_batches(start_epoch * self.micro_per_epoch +
                               len(done.get('train_losses', [])))
     row = {}
@@ -287,7 +287,7 @@ class Progress:
     images_per_s = rate * c.batch_size / k
     left_epoch = run.micro_per_epoch - (i + 1)
     left_run = (c.total_epochs - self.epoch) * run.micro_per_epoch + left_epoch
-    lr = float(run.trainer.lr_fn(update - 1))      # the lr this update was made with
+    lr = float(run.compiled.lr_fn(update - 1))      # the lr this update was made with
     grad_norm = float(m['grad_norm'])
     print(f'step {update}/{c.total_epochs * spe} | epoch {self.epoch} '
           f'{(i + 1) // k}/{spe} ({100 * (i + 1) / run.micro_per_epoch:.0f}%) | loss '

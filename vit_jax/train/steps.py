@@ -153,8 +153,9 @@ def ema_enabled(config) -> bool:
   return 'ema' in config and config.ema.decay > 0
 
 
-class Trainer:
-  """Holds the compiled steps and shardings of one config on one mesh."""
+class CompiledSteps:
+  """The train, evaluation and probe steps of one config, compiled for one mesh, with their
+  shardings (not config.trainer, which names what main runs)."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None, teacher=None):
     """teacher: None, or (model, params) of a frozen teacher run inside the train step."""
