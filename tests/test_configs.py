@@ -35,7 +35,7 @@ def test_config_loads_and_checks(path, tmp_path):
     pytest.skip('a GPT-2 study config: tests/test_crystallize.py checks it')
   for arg in ('', 'quick'):
     c = module.get_config(arg)
-    preflight.check_ranges(c)
+    preflight.check_fields(c)
     models.build_model(c.model, c.dataset.num_classes, c.dtype)
     assert c.model.image_size == c.dataset.image_size
   quick = module.get_config('quick')
@@ -52,7 +52,7 @@ def test_config_loads_and_checks(path, tmp_path):
       module.get_config('in1k')
     return
   in1k = module.get_config('in1k')           # ImageNet-1k: here only its checks
-  preflight.check_ranges(in1k)
+  preflight.check_fields(in1k)
   models.build_model(in1k.model, in1k.dataset.num_classes, in1k.dtype)
   assert (in1k.dataset.name, in1k.dataset.num_classes) == ('imagenet2012', 1000)
   in1k.dataset.data_dir = str(tmp_path / 'tfds')
@@ -74,7 +74,7 @@ def test_fmnist_argument(path, tmp_path):
         module.get_config('fmnist')
     return
   c = module.get_config('fmnist')
-  preflight.check_ranges(c)
+  preflight.check_fields(c)
   models.build_model(c.model, c.dataset.num_classes, c.dtype)
   assert (c.dataset.name, c.dataset.image_size, c.dataset.num_classes) == ('fashion_mnist', 28, 10)
   assert c.model.image_size == 28

@@ -19,10 +19,9 @@ import pytest
 
 from conftest import REPO, run_main
 import tiny_run
-from vit_jax import models
-from vit_jax import preflight
 from vit_jax.train import checkpoint
 from vit_jax.train import loop
+from vit_jax.train import resume
 
 EXIT_ERROR, EXIT_PREEMPTED = 2, 75
 
@@ -126,7 +125,7 @@ def test_nonfinite_step_stops_naming_it_and_keeps_the_last_checkpoint(tmp_path):
   # Resuming with another model shape: refused before anything is written.
   c.model.width = 48
   with pytest.raises(ValueError, match='holds a checkpoint of a different model.*in the checkpoint'):
-    preflight.check_resume(c, workdir, models.build_model(c.model, 10))
+    resume.check_checkpoint(c, workdir)
 
 
 def test_incompatible_resume_is_one_line_and_touches_nothing(tmp_path):

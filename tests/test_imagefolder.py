@@ -126,7 +126,7 @@ def test_prepare_from_imagenet1k_takes_the_100_classes(tmp_path):
   counts = prepare_imagenet100.build(str(src), str(tmp_path / 'out'))
   assert counts == {'train': 101, 'val': 100}
   assert imagefolder.check_tree(str(tmp_path / 'out')) == sorted(wanted)
-  assert not os.path.exists(str(tmp_path / 'out.partial'))
+  assert sorted(os.listdir(tmp_path)) == ['in1k', 'out']      # nothing written aside is left
 
 
 def test_training_on_an_image_folder(tmp_path):
@@ -161,8 +161,13 @@ def _train_args(root, workdir, **more):
                  'layout); sort them with python -m vit_jax.data.prepare_imagenet100'),
     ('missing_class', "differ: only in train ['c'] (1), only in val [] (0); every class needs "
                       'both'),
+    ('more_classes', 'holds 3 class folders but dataset.num_classes=2; point data_dir at a '
+                     'tree of 2 classes, or set --config.dataset.num_classes=3'),
+    ('fewer_classes', 'holds 3 class folders but dataset.num_classes=10'),
 ])
 def test_an_almost_right_tree_is_one_line_before_any_work(tmp_path, damage, fragment):
+  """A tree that does not fit the config (e.g. a full ImageNet-1k tree under a 100-class
+  head) is refused before any work, with both counts."""
   from conftest import run_main
   root = make_tree(tmp_path / 'data', broken=False)
   val = os.path.join(root, 'val')
@@ -171,10 +176,12 @@ def test_an_almost_right_tree_is_one_line_before_any_work(tmp_path, damage, frag
       for name in os.listdir(os.path.join(val, cls)):
         os.rename(os.path.join(val, cls, name), os.path.join(val, f'{cls}_{name}'))
       os.rmdir(os.path.join(val, cls))
-  else:
+  elif damage == 'missing_class':
     import shutil
     shutil.rmtree(os.path.join(val, 'c'))
-  proc = run_main(_train_args(root, tmp_path / 'run'), timeout=120)
+  classes = {'more_classes': 2, 'fewer_classes': 10}.get(damage, 3)
+  proc = run_main(_train_args(root, tmp_path / 'run', **{'dataset.num_classes': classes}),
+                  timeout=120)
   assert fragment in _error_line(proc)
   assert not (tmp_path / 'run').exists()
 

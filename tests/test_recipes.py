@@ -66,11 +66,11 @@ def test_teacher_loads_by_workdir_or_step_dir(tmp_path):
 def test_teacher_bad_path_or_shape_is_one_line(tmp_path):
   c = _distill_config(str(tmp_path / 'nowhere'))
   with pytest.raises(FileNotFoundError, match='nowhere.*does not exist'):
-    teacher.check(c.teacher, 10)
+    teacher.check(c)
   _teacher_workdir(tmp_path, width=8)
   c.teacher.checkpoint = str(tmp_path)
   with pytest.raises(ValueError) as e:
-    teacher.check(c.teacher, 10)
+    teacher.check(c)
   msg = str(e.value)
   assert '\n' not in msg and 'does not match teacher.model' in msg
   assert 'in the checkpoint' in msg and str(tmp_path) in msg

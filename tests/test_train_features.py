@@ -145,13 +145,11 @@ def test_evaluate_refuses_bad_requests_in_one_line(runs, tmp_path):
     evaluate.check(_eval_config(weights='ema'), str(tmp_path / 'plain'))
   # Resuming that workdir with EMA on, or without accumulation, is refused before any work
   # (orbax would fail deep in the restore: the saved state has another structure).
-  from vit_jax import models
-  from vit_jax import preflight
-  model = models.build_model(c.model, 10)
+  from vit_jax.train import resume
   with pytest.raises(ValueError, match=r"cannot resume with ema.decay=0.9: its checkpoint "
                      r"\(checkpoints step 1\) holds no EMA weights; use the setting"):
-    preflight.check_resume(_config(), str(tmp_path / 'plain'), model)
+    resume.check_checkpoint(_config(), str(tmp_path / 'plain'))
   c.grad_accum_steps = 1
   with pytest.raises(ValueError, match=r"cannot resume with grad_accum_steps=1: its checkpoint "
                      r"\(checkpoints step 1\) holds a gradient accumulator; use the setting"):
-    preflight.check_resume(c, str(tmp_path / 'plain'), model)
+    resume.check_checkpoint(c, str(tmp_path / 'plain'))

@@ -42,6 +42,39 @@ def load(name: str, arg: str = '') -> ml_collections.ConfigDict:
   return module.get_config(arg)
 
 
+def field(config, name: str):
+  """The value of a dotted field name ('optim.lr')."""
+  value = config
+  for part in name.split('.'):
+    value = value[part]
+  return value
+
+
+def check_ranges(config, ranges) -> None:
+  """(field, low, high) rows: each numeric field must lie in [low, high] (a NaN does not)."""
+  for name, low, high in ranges:
+    value = field(config, name)
+    if not low <= value <= high:
+      raise ValueError(f'{name}={value} is outside [{low}, {high}]')
+
+
+def check_choices(config, choices) -> None:
+  """(field, accepted values) rows of the fields that name a choice."""
+  for name, allowed in choices:
+    if field(config, name) not in allowed:
+      raise ValueError(f'{name}={field(config, name)!r} is not one of {tuple(allowed)}')
+
+
+# The fields of a run that are neither model nor data nor recipe, with their ranges.
+RANGES = (('total_epochs', 1, 10**6), ('checkpoint_every_epochs', 1, 10**6),
+          ('log_every_steps', 0, 10**9))
+
+
+def check(config) -> None:
+  """The fields of base() that no table owner checks."""
+  check_ranges(config, RANGES)
+
+
 def common(c: ml_collections.ConfigDict) -> None:
   """The fields of every config, whatever its trainer (base() and configs/crystallize_gpt2.py
   call this): main and the run lock read them from any config."""

@@ -22,8 +22,8 @@ class Entry:
 
 
 TRAINERS = {
-    'train': Entry('vit_jax.train.loop:train_and_evaluate',
-                     errors=(FloatingPointError, OSError, ValueError)),
+    'train': Entry('vit_jax.train.loop:train_and_evaluate', check='vit_jax.train.resume:check',
+                   errors=(FloatingPointError, OSError, ValueError)),
     # Only reads a workdir, so it may run beside the training that writes it (with
     # init.source it analyses an imported model and the workdir is only its output).
     'analyze': Entry('vit_jax.analysis.run:analyze', check='vit_jax.analysis.run:check',

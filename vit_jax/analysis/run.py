@@ -21,6 +21,7 @@ import re
 import jax
 import numpy as np
 
+from vit_jax import config_lib
 from vit_jax import files
 from vit_jax import models
 from vit_jax.analysis import analyses
@@ -40,11 +41,16 @@ from vit_jax.train import metrics_io
 def check(config, workdir: str) -> int | None:
   """Every bad input in one line before any model runs; returns the epoch to analyse
   (None for an imported model)."""
-  if config.model.get('arch', 'vit') != 'vit':
+  if config.model.get('arch', 'vit') != 'vit':   # 'arch' is a field of ConvNet models only
     raise ValueError(f"config.trainer='analyze' studies ViT attention; model.arch="
                      f"{config.model.arch!r} has none (use a ViT config)")
-  if config.analysis.get('images'):
+  config_lib.check_ranges(config, (('analysis.num_images', 1, 64),
+                                   ('analysis.gate_sparse_below', 0.0, 1.0)))
+  config_lib.check_choices(config, (('analysis.weights', tuple(checkpoint.WEIGHTS)),))
+  if config.analysis.images:
     imagefolder.ImageListSource(os.path.expanduser(config.analysis.images))
+  else:
+    sources.check_available(config.dataset)
   imported = pretrained.load(config)
   if imported is not None:   # the workdir is only where the output goes
     files.require_writable(workdir, 'workdir', 'choose another --workdir for the output')
@@ -64,7 +70,7 @@ def check(config, workdir: str) -> int | None:
   step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
   checkpoint.require_model(step_dir, model,
                            f'checkpoint {step_dir!r} was made with another model than this config')
-  checkpoint.require_weights(step_dir, config.analysis.get('weights', 'raw'), 'analysis.weights')
+  checkpoint.require_weights(step_dir, config.analysis.weights, 'analysis.weights')
   return epoch
 
 
@@ -94,15 +100,14 @@ def load_params(config, step_dir: str):
   model = models.build_model(config.model, config.dataset.num_classes, 'float32')
   abstract = models.abstract_params(model)
   return jax.tree.map(lambda a, p: np.asarray(p, a.dtype), abstract,
-                      checkpoint.restore_params(step_dir,
-                                                config.analysis.get('weights', 'raw')))
+                      checkpoint.restore_params(step_dir, config.analysis.weights))
 
 
 def probe_batch(config) -> tuple[np.ndarray, np.ndarray | None]:
   """(images, labels) of the first probe.num_images validation images, or (images, None)
   of analysis.images' first ones, centre-cropped to model.image_size as ImageFolder data."""
   n = config.probe.num_images
-  if config.analysis.get('images'):
+  if config.analysis.images:
     source = imagefolder.ImageListSource(os.path.expanduser(config.analysis.images))
     size = config.model.image_size
   else:
@@ -110,7 +115,7 @@ def probe_batch(config) -> tuple[np.ndarray, np.ndarray | None]:
   batch = next(pipeline.eval_batches(source, n, limit=n, image_size=size,
                                      crop_ratio=config.dataset.eval_crop_ratio))
   pipeline.report_unreadable('analysis', 'left out', batch['unreadable'])
-  labels = None if config.analysis.get('images') else batch['label'][batch['mask']]
+  labels = None if config.analysis.images else batch['label'][batch['mask']]
   return batch['image'][batch['mask']], labels
 
 
@@ -184,7 +189,7 @@ def summarize_imported(config, workdir: str, imported) -> tuple[dict, list]:
       'imported': {'source': imported.source, 'family': imported.family,
                    'num_classes': imported.num_classes, 'model': dict(imported.model)},
       'images': (os.path.abspath(os.path.expanduser(config.analysis.images))
-                 if config.analysis.get('images') else f'{config.dataset.name} validation split'),
+                 if config.analysis.images else f'{config.dataset.name} validation split'),
       'checkpoint_epoch': None,
       'num_params': models.count_params(imported.params),
       'val_acc1_at_checkpoint': None, 'best_val_acc1': None, 'best_epoch': None,

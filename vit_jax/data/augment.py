@@ -20,6 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from vit_jax import config_lib
 from vit_jax.data import pil_ops
 from vit_jax.data import randaugment
 
@@ -220,12 +221,12 @@ def step_mix_groups(config) -> int:
   """The groups of one train step: augment.mix_groups counts them in the global batch, and
   with grad_accum_steps k a step holds 1/k of it (k micro-batches: mix_groups / k each, or
   1 where k is a multiple of mix_groups and a group spans several micro-batches)."""
-  return max(1, config.augment.mix_groups // config.get('grad_accum_steps', 1))
+  return max(1, config.augment.mix_groups // config.grad_accum_steps)
 
 
 def check_mix_groups(config) -> None:
   """Before any work: the global batch (each micro-batch) splits into equal groups."""
-  g, k = config.augment.mix_groups, config.get('grad_accum_steps', 1)
+  g, k = config.augment.mix_groups, config.grad_accum_steps
   if not isinstance(g, int) or g < 1:
     raise ValueError(f'augment.mix_groups={g!r} must be a whole number >= 1 (1 = one Mixup '
                      f'over the global batch)')
@@ -238,6 +239,42 @@ def check_mix_groups(config) -> None:
   if rows % per_step:
     raise ValueError(f'batch_size={config.batch_size} cannot be split into augment.mix_groups='
                      f'{g} equal groups (each train step of {rows} rows mixes {per_step})')
+
+
+RANGES = (
+    ('augment.erase_prob', 0.0, 1.0), ('augment.mix_switch_prob', 0.0, 1.0),
+    ('augment.mixup', 0.0, float('inf')), ('augment.cutmix', 0.0, float('inf')),
+    ('augment.color_jitter', 0.0, 0.99), ('augment.randaugment_layers', 0, 16),
+    ('augment.randaugment_magnitude', 0.0, 30.0), ('augment.randaugment_mstd', 0.0, 10.0))
+CHOICES = (('augment.randaugment_policy', randaugment.POLICIES),
+           ('augment.randaugment_resample', pil_ops.RESAMPLES),
+           ('augment.cutmix_box', CUTMIX_BOXES))
+
+
+def check(config) -> None:
+  """config.augment: every strength in its range, every choice known, a RandAugment level its
+  policy has, a batch that splits into the mixing groups."""
+  config_lib.check_ranges(config, RANGES)
+  config_lib.check_choices(config, CHOICES)
+  check_randaugment(config.augment)
+  check_mix_groups(config)
+
+
+def check_randaugment(a) -> None:
+  """timm levels are in [0, 10]; torchvision magnitudes are bins 0..30 and fixed."""
+  if not a.randaugment_layers:
+    return
+  m = a.randaugment_magnitude
+  if a.randaugment_policy == 'timm' and not 0 <= m <= randaugment.TIMM_MAX_LEVEL:
+    raise ValueError(f"augment.randaugment_magnitude={m} is outside [0, 10] for the 'timm' "
+                     'policy')
+  if a.randaugment_policy == 'torchvision':
+    if not (float(m).is_integer() and 0 <= m < randaugment.TORCHVISION_BINS):
+      raise ValueError(f"augment.randaugment_magnitude={m} must be a whole bin in 0..30 for "
+                       "the 'torchvision' policy")
+    if a.randaugment_mstd:
+      raise ValueError(f'augment.randaugment_mstd={a.randaugment_mstd} must be 0 for the '
+                       "'torchvision' policy (its magnitude is fixed)")
 
 
 # --- the recipe ---------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from PIL import Image
 from vit_jax.data import samplers
 from vit_jax.data import sources
 
-PADDING_MODES = ('constant', 'reflect')   # dataset.crop_padding_mode (np.pad modes)
 EVAL_INTERPOLATION = 'bicubic'             # center_crop's resize, as timm's configs name it
 
 

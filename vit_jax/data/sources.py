@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from vit_jax import config_lib
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -35,6 +37,20 @@ DATASETS = {
                             tfds_splits=(('train', 'train'), ('val', 'validation')),
                             manual_files=('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')),
 }
+
+
+PADDING_MODES = ('constant', 'reflect')   # dataset.crop_padding_mode (np.pad modes)
+RANGES = (('dataset.repeated_aug', 1, 64), ('dataset.workers', 0, 1024),
+          ('dataset.eval_crop_ratio', 1e-3, 1.0), ('dataset.random_crop_padding', 0, 1024))
+
+
+def check(config) -> None:
+  """config.dataset names a data set of DATASETS, crops it in ways the pipeline knows, and
+  loads it with a sensible number of workers. (Whether its files are there is asked by the
+  trainers that read them: check_available.)"""
+  lookup(config.dataset.name)
+  config_lib.check_ranges(config, RANGES)
+  config_lib.check_choices(config, (('dataset.crop_padding_mode', PADDING_MODES),))
 
 
 def lookup(name: str) -> Dataset:
@@ -155,7 +171,8 @@ def eval_crop(dataset_cfg) -> int | None:
 
 
 def check_available(dataset_cfg) -> None:
-  """One-line error, before any work, if the data set is not there."""
+  """One-line error, before any work, if the data set is not there, or is a folder tree of
+  another number of classes than the model's head has."""
   name = dataset_cfg.name
   storage = lookup(name).storage
   if storage == 'folder':
@@ -163,7 +180,12 @@ def check_available(dataset_cfg) -> None:
     if not dataset_cfg.data_dir:
       raise ValueError(f'dataset {name!r} needs --config.dataset.data_dir=DIR holding '
                        f'train/<class>/ and val/<class>/ (python -m vit_jax.data.prepare_imagenet100)')
-    imagefolder.check_tree(dataset_cfg.data_dir)
+    classes = len(imagefolder.check_tree(dataset_cfg.data_dir))
+    if classes != dataset_cfg.num_classes:
+      raise ValueError(f'dataset.data_dir={dataset_cfg.data_dir!r} holds {classes} class folders '
+                       f'but dataset.num_classes={dataset_cfg.num_classes}; point data_dir at a '
+                       f'tree of {dataset_cfg.num_classes} classes, or set '
+                       f'--config.dataset.num_classes={classes} for a head of {classes}')
   elif storage == 'tfds':
     check_tfds_prepared(name, dataset_cfg.data_dir)
   elif storage == 'idx':

@@ -28,6 +28,19 @@ def build_model(model_cfg: ml_collections.ConfigDict, num_classes: int,
   return model
 
 
+def check(config) -> None:
+  """config.model and dtype build a model for the data set's images; with init.source, the
+  checkpoint's architecture is written into config.model and must fill every parameter."""
+  from vit_jax.models import pretrained   # it reads checkpoints: imported only when asked
+  if config.model.image_size != config.dataset.image_size:
+    raise ValueError(f'model.image_size={config.model.image_size} differs from '
+                     f'dataset.image_size={config.dataset.image_size}')
+  imported = pretrained.load(config)
+  model = build_model(config.model, config.dataset.num_classes, config.dtype)
+  if imported is not None:
+    pretrained.check_fits(config, imported, abstract_params(model))
+
+
 def abstract_params(model):
   """Parameter shapes and dtypes, without computing anything."""
   images = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)

@@ -28,8 +28,8 @@ _CACHE: dict = {}
 
 
 def source(config) -> str:
-  """config.init.source, '' for a config without it (training from scratch)."""
-  return config.get('init', {}).get('source', '')
+  """config.init.source ('' = training from scratch)."""
+  return config.init.source
 
 
 def _stamp(path: str):

@@ -2,7 +2,15 @@
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import config_lib
+
 OUTLIER_RULES = ('relative', 'absolute')
+
+
+def check(config) -> None:
+  """config.probe: an outlier rule of OUTLIER_RULES, a probe batch of some images."""
+  config_lib.check_choices(config, (('probe.outlier_rule', OUTLIER_RULES),))
+  config_lib.check_ranges(config, (('probe.num_images', 1, 10**6),))
 
 
 def patch_token_norms(out: dict) -> dict:

@@ -38,6 +38,7 @@ def check(config, workdir: str) -> int:
     raise ValueError(f'evaluate.split={e.split!r} is not one of {SPLITS}')
   if e.weights not in checkpoint.WEIGHTS:
     raise ValueError(f'evaluate.weights={e.weights!r} is not one of {tuple(checkpoint.WEIGHTS)}')
+  sources.check_available(config.dataset)
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'workdir {workdir!r} does not exist; evaluate needs a training '
                             'workdir')

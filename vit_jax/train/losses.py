@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vit_jax import config_lib
+
 
 def smooth_labels(onehot: jax.Array, smoothing: float) -> jax.Array:
   """timm's mixup_target smoothing: off = smoothing / C, on = 1 - smoothing + off."""
@@ -42,7 +44,7 @@ LOSSES = {'softmax_xent': softmax_xent_per_example, 'sigmoid_bce': sigmoid_bce_p
 
 
 def per_example_loss(loss_cfg):
-  """config.loss -> f(logits, targets) of shape (B,); the name is checked by preflight."""
+  """config.loss -> f(logits, targets) of shape (B,); the name is checked by check()."""
   fn = LOSSES[loss_cfg.name]
   if loss_cfg.name == 'sigmoid_bce':
     fn = functools.partial(fn, binarize_threshold=loss_cfg.bce_target_threshold)
@@ -63,6 +65,14 @@ def topk_correct(logits, labels, k: int) -> jax.Array:
 
 
 DISTILLATION_KINDS = ('none', 'hard', 'soft')
+
+
+def check(config) -> None:
+  """config.loss names a loss of LOSSES, config.teacher a kind of distillation loss."""
+  config_lib.check_choices(config, (('loss.name', tuple(LOSSES)),
+                                    ('teacher.kind', DISTILLATION_KINDS)))
+  config_lib.check_ranges(config, (('loss.label_smoothing', 0.0, 1.0), ('teacher.alpha', 0.0, 1.0),
+                                    ('teacher.tau', 1e-6, float('inf'))))
 
 
 def hard_distillation(student_logits, teacher_logits):

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vit_jax import config_lib
+
 # The >= 2-D parameters that are tokens or position embeddings: optim.no_decay_params names
 # which of them are kept out of weight decay, as a timm model's no_weight_decay() does.
 TOKEN_PARAMS = ('cls', 'dist', 'registers', 'pos_embedding')
@@ -124,6 +126,27 @@ OPTIMIZERS = {
         optax.add_decayed_weights(cfg.weight_decay, mask=mask),
         optax.sgd(lr, momentum=cfg.b1, nesterov=True)),
 }
+
+
+# Learning rates and decay are not negative (a NaN is outside every range).
+RANGES = (('optim.warmup_lr', 0.0, float('inf')),
+          ('optim.min_lr', 0.0, float('inf')), ('optim.weight_decay', 0.0, float('inf')),
+          ('optim.clip_grad_norm', 0.0, float('inf')), ('optim.warmup_epochs', 0.0, 10**6),
+          ('optim.schedule_epoch_lag', 0, 10**6))
+
+
+def check(config) -> None:
+  """config.optim names an optimizer of OPTIMIZERS, a schedule and a decay rule it can build,
+  with a learning rate that can train."""
+  c = config.optim
+  config_lib.check_choices(config, (('optim.name', tuple(OPTIMIZERS)),
+                                    ('optim.schedule_unit', SCHEDULE_UNITS),
+                                    ('optim.decay_scope', DECAY_SCOPES)))
+  if not 0 < c.lr < float('inf'):   # NaN included
+    raise ValueError(f'optim.lr={c.lr} must be a finite number > 0')
+  config_lib.check_ranges(config, RANGES)
+  scaled_lr(c, config.batch_size)
+  mask_fn(c)
 
 
 def build(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:

@@ -9,6 +9,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 import ml_collections
 import optax
 
+from vit_jax import config_lib
 from vit_jax import models
 from vit_jax.data import augment
 from vit_jax.data.augment import normalize
@@ -33,10 +34,18 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
                        devices=devices)
 
 
+def check(config) -> None:
+  """The batches split over this job's devices; the EMA's decay and warmup are usable."""
+  check_batch_sizes(config, jax.device_count())
+  config_lib.check_ranges(config, (('ema.decay', 0.0, 1.0 - 1e-12),
+                                   ('ema.warmup_gamma', 1e-12, float('inf')),
+                                   ('ema.warmup_power', 1e-12, float('inf'))))
+
+
 def check_batch_sizes(config, n_devices: int) -> None:
   """Global batches are split evenly over the devices of the data axis; with gradient
   accumulation each of the grad_accum_steps micro-batches is."""
-  k = config.get('grad_accum_steps', 1)
+  k = config.grad_accum_steps
   if not isinstance(k, int) or k < 1:
     raise ValueError(f'grad_accum_steps={k!r} must be a whole number >= 1 (1 = off)')
   if k > 1 and (config.batch_size <= 0 or config.batch_size % (k * n_devices)):
@@ -98,7 +107,7 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model, tx, conf
   # Train top-1: the argmax of the logits against the argmax of the (mixed, smoothed)
   # target, which is the hard label whenever mixup / cutmix are off.
   acc1 = (jnp.argmax(logits, -1) == jnp.argmax(targets, -1)).astype(jnp.float32).mean()
-  k = config.get('grad_accum_steps', 1)
+  k = config.grad_accum_steps
   if k > 1:   # the norm of the gradient the update will use: the mean of the micro-batches'
     n = state.opt_state.mini_step
     grads_seen = jax.tree.map(lambda a, g: a + (g - a) / (n + 1), state.opt_state.acc_grads,
@@ -176,7 +185,7 @@ class CompiledSteps:
     c = self.config
     self.lr_fn = optim.schedule(c.optim, c.batch_size, steps_per_epoch, c.total_epochs)
     self.tx = optim.build(c.optim, self.lr_fn)
-    self.accum = c.get('grad_accum_steps', 1)
+    self.accum = c.grad_accum_steps
     if self.accum > 1:   # the schedule counts optimizer updates: MultiSteps' inner state
       self.tx = optax.MultiSteps(self.tx, every_k_schedule=self.accum)
     self.use_ema = ema_enabled(c)

@@ -29,8 +29,19 @@ def build(teacher_cfg, num_classes: int):
   return model, models.abstract_params(model)
 
 
-def check(teacher_cfg, num_classes: int) -> str:
-  """Fail in one line if the checkpoint is missing or does not fit teacher.model."""
+def check(config) -> None:
+  """With distillation (teacher.kind), the student has a dist token and the teacher's
+  checkpoint is there and fits teacher.model."""
+  if config.teacher.kind == 'none':
+    return
+  student = models.build_model(config.model, config.dataset.num_classes, config.dtype)
+  if not getattr(student, 'distillation', False):
+    raise ValueError(f'teacher.kind={config.teacher.kind!r} needs model.distillation=True')
+  checked_step_dir(config.teacher, config.dataset.num_classes)
+
+
+def checked_step_dir(teacher_cfg, num_classes: int) -> str:
+  """The teacher's checkpoint; one line if it is missing or does not fit teacher.model."""
   step_dir = resolve_step_dir(teacher_cfg.checkpoint)
   model, _ = build(teacher_cfg, num_classes)
   checkpoint.require_model(step_dir, model,
@@ -40,7 +51,7 @@ def check(teacher_cfg, num_classes: int) -> str:
 
 def load(teacher_cfg, num_classes: int):
   """(model, params) of the teacher; params are checked against teacher.model first."""
-  step_dir = check(teacher_cfg, num_classes)
+  step_dir = checked_step_dir(teacher_cfg, num_classes)
   model, abstract = build(teacher_cfg, num_classes)
   params = checkpoint.restore_params(step_dir)
   params = jax.tree.map(lambda a, p: p.astype(a.dtype), abstract, params)
