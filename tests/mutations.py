@@ -22,6 +22,8 @@ class Mutation:
 COVER = {
     'vit_jax/models/vit.py': ['tests/reference/test_ref_models.py', 'tests/test_models.py',
                               'tests/test_precision.py'],
+    'vit_jax/models/layers.py': ['tests/reference/test_ref_models.py', 'tests/test_models.py',
+                                 'tests/test_precision.py'],
     'vit_jax/models/resnet.py': ['tests/reference/test_ref_resnet.py'],
     'vit_jax/models/mixed.py': ['tests/test_precision.py', 'tests/test_models.py'],
     'vit_jax/models/svd_taps.py': ['tests/test_models.py', 'tests/reference/test_ref_models.py'],
@@ -39,9 +41,11 @@ COVER = {
     'vit_jax/sweep.py': ['tests/test_sweep.py'],
 }
 
-def _group(prefix: str, file: str, rows) -> list:
-  """rows of (find, replace, what[, equivalent]) -> Mutations named prefix-1, prefix-2, ..."""
-  return [Mutation(f'{prefix}-{i}', file, *row) for i, row in enumerate(rows, 1)]
+def _group(prefix: str, file: str, rows, moved: dict | None = None) -> list:
+  """rows of (find, replace, what[, equivalent]) -> Mutations named prefix-1, prefix-2, ...;
+  moved: {row number: the file that row's line now lives in} (ids stay as they were)."""
+  moved = moved or {}
+  return [Mutation(f'{prefix}-{i}', moved.get(i, file), *row) for i, row in enumerate(rows, 1)]
 
 
 MUTATIONS = (
@@ -83,7 +87,7 @@ MUTATIONS = (
         ('x = x + token(\'pos_embedding\', n_special + n_patches).astype(x.dtype)',
          'x = x + token(\'pos_embedding\', n_special + n_patches).astype(x.dtype)[:, ::-1]',
          "pos_embed 'all': embeddings in reverse order"),
-    ]) +
+    ], moved=dict.fromkeys((1, 2, 3, 9, 15), 'vit_jax/models/layers.py')) +
     _group('resnet', 'vit_jax/models/resnet.py', [
         ('p = (p - mean) / jnp.sqrt(var + 1e-10)', 'p = (p - mean) / (var + 1e-10)',
          'weight standardisation divides by the variance'),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vit_jax import models
+from vit_jax.models import layers
 from vit_jax.models import svd_taps
 from vit_jax.models import variants
 from vit_jax.models import vit
@@ -110,13 +111,13 @@ def test_position_embedding_convention(pos_embed, distill, registers, expected_l
 
 
 def test_drop_path_rates_linear_in_depth():
-  assert vit.drop_path_rates(0.1, 3) == [0.0, 0.05, 0.1]
-  assert vit.drop_path_rates(0.0, 12) == [0.0] * 12
+  assert layers.drop_path_rates(0.1, 3) == [0.0, 0.05, 0.1]
+  assert layers.drop_path_rates(0.0, 12) == [0.0] * 12
 
 
 def test_drop_path_rescales_kept_samples():
   x = jnp.ones((4000, 3))
-  y = vit.DropPath(0.25).apply({}, x, deterministic=False, rngs={'dropout': jax.random.key(0)})
+  y = layers.DropPath(0.25).apply({}, x, deterministic=False, rngs={'dropout': jax.random.key(0)})
   values = set(np.unique(np.asarray(y)).tolist())
   assert values == {0.0, float(np.float32(1) / np.float32(0.75))}
   assert abs(float((y[:, 0] > 0).mean()) - 0.75) < 0.03

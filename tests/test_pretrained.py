@@ -13,7 +13,7 @@ from conftest import run_main
 from vit_jax import config_lib
 from vit_jax import models
 from vit_jax.data import imagefolder
-from vit_jax.models import hub
+from vit_jax.models import hub_import
 from vit_jax.models import pretrained
 
 ARCH = dict(patch_size=4, width=32, depth=2, num_heads=2, mlp_ratio=4.0, qkv_bias=True,
@@ -28,13 +28,13 @@ def _config(**model):
 
 
 def _imported(num_classes=10, image_size=16, **arch):
-  """An Imported as hub.load gives it, made from the project's own model (no file)."""
+  """An Imported as hub_import.load gives it, made from the project's own model (no file)."""
   fields = {**ARCH, **arch, 'image_size': image_size}
   model = models.build_model(_config(**fields).model, num_classes)
   rng = np.random.default_rng(7)
   params = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(np.float32),
                         models.abstract_params(model))
-  return hub.Imported(model=fields, num_classes=num_classes, params=params, source='ckpt',
+  return hub_import.Imported(model=fields, num_classes=num_classes, params=params, source='ckpt',
                       family='deit3')
 
 
@@ -44,7 +44,7 @@ def _abstract(config):
 
 def test_load_writes_the_architecture_and_keeps_the_rest(monkeypatch):
   imported = _imported(image_size=32)
-  monkeypatch.setattr(hub, 'load', lambda source, size: imported)
+  monkeypatch.setattr(hub_import, 'load', lambda source, size: imported)
   c = _config(drop_path_rate=0.1)
   c.init.source = 'somewhere-new'
   assert pretrained.load(c) is imported
@@ -62,7 +62,7 @@ def test_the_checkpoints_preprocessing_unless_the_config_keeps_its_own(monkeypat
   imported = _imported()
   imported.preprocessing = dict(mean=(0.3, 0.4, 0.5), std=(0.2, 0.25, 0.3), crop_pct=0.8,
                                 interpolation='bilinear')
-  monkeypatch.setattr(hub, 'load', lambda source, size: imported)
+  monkeypatch.setattr(hub_import, 'load', lambda source, size: imported)
   c = _config()
   c.init.source = 'ckpt'
   pretrained.load(c)

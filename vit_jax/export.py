@@ -5,7 +5,7 @@ r"""A trained workdir's checkpoint as a timm / Hugging Face hub folder.
 reads W/config.json (written by the training loop) for the model and the evaluation's
 preprocessing, restores the chosen checkpoint's params (best: the highest val_acc1, as
 the analysis picks it) and writes DIR with model.safetensors + config.json
-(vit_jax/models/hub.export_timm), which `timm.create_model('local-dir:DIR',
+(vit_jax/models/hub_export.export_timm), which `timm.create_model('local-dir:DIR',
 pretrained=True)` builds; its pretrained_cfg holds the mean, std, crop_pct, interpolation
 and input size the workdir evaluated with, so timm's resolve_data_config + create_transform
 preprocess as our evaluation did. Bad input (no such workdir or checkpoint, a variant timm
@@ -24,7 +24,7 @@ def export(workdir: str, out: str, spec: str = 'latest') -> str:
   import ml_collections
   from vit_jax import models
   from vit_jax.data import pipeline
-  from vit_jax.models import hub
+  from vit_jax.models import hub_export
   from vit_jax.train import checkpoint
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
@@ -33,7 +33,7 @@ def export(workdir: str, out: str, spec: str = 'latest') -> str:
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   num_classes = int(config.dataset.num_classes)
-  hub._exportable(config.model, num_classes)
+  hub_export.check_exportable(config.model, num_classes)
   preprocessing = pipeline.eval_preprocessing(config.dataset)
   where = os.path.join(workdir, 'checkpoints',
                        str(checkpoint.select_step(workdir, spec, '--checkpoint')))
@@ -41,8 +41,8 @@ def export(workdir: str, out: str, spec: str = 'latest') -> str:
   checkpoint.require_model(where, model, f'checkpoint {where!r} does not hold the model of '
                                          f'{path}')
   params = checkpoint.restore_params(where)
-  return hub.export_timm(params, config.model.to_dict(), num_classes, out,
-                         preprocessing=preprocessing)
+  return hub_export.export_timm(params, config.model.to_dict(), num_classes, out,
+                                preprocessing=preprocessing)
 
 
 def main(argv=None) -> None:

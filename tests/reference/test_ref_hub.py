@@ -1,6 +1,6 @@
-"""vit_jax.models.hub against timm: checkpoints of every family, written exactly as the hub
+"""vit_jax.models.hub_import and hub_export against timm: checkpoints of every family, written exactly as the hub
 stores them (timm's own save_for_hf: model.safetensors + config.json), loaded by
-hub.load and run by the project's ViT, give timm's logits (or, headless, its features)
+hub_import.load and run by the project's ViT, give timm's logits (or, headless, its features)
 within 1e-5 on the same images; random weights made non-uniform (refutil.randomize_) so
 that attention is peaked and a misplaced tensor cannot hide."""
 import functools
@@ -18,7 +18,8 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from timm.models._hub import save_for_hf
 
-from vit_jax.models import hub
+from vit_jax.models import hub_export
+from vit_jax.models import hub_import
 from vit_jax.models import vit
 from refutil import images as _images, mean_peak, randomize_
 
@@ -78,7 +79,7 @@ def test_deit_families_from_the_hub_layout(tmp_path, arch, family, layout):
   old_config = family == 'deit3'
   heads = 6 if old_config else 4
   ref = _timm(arch, seed=1, img_size=32, patch_size=8, num_classes=7, num_heads=heads)
-  imported = hub.load(_save(ref, tmp_path, drop_model_args=old_config))
+  imported = hub_import.load(_save(ref, tmp_path, drop_model_args=old_config))
   assert imported.family == family and imported.num_classes == 7
   assert imported.source == str(tmp_path / 'model.safetensors')
   assert {k: imported.model[k] for k in layout} == layout
@@ -100,7 +101,7 @@ def test_augreg_and_dinov2_from_the_hub_layout(tmp_path, arch, family, layout):
   size = 28 if 'dinov2' in arch else 32
   kwargs = {} if 'dinov2' in arch else dict(patch_size=8, num_classes=7)
   ref = _timm(arch, seed=3, img_size=size, **kwargs)
-  imported = hub.load(_save(ref, tmp_path))
+  imported = hub_import.load(_save(ref, tmp_path))
   assert imported.family == family
   assert imported.num_classes == (0 if 'dinov2' in arch else 7)
   assert {k: imported.model[k] for k in layout} == layout
@@ -118,7 +119,7 @@ def test_resample_matches_timm(old, new, prefix):
   pos = np.random.default_rng(old).normal(size=(1, prefix + old * old, 24)).astype(np.float32)
   want = resample_abs_pos_embed(torch.from_numpy(pos), [new, new], num_prefix_tokens=prefix,
                                 interpolation='bicubic', antialias=True).numpy()
-  got = hub.resample_pos_embed(pos, new, prefix)
+  got = hub_import.resample_pos_embed(pos, new, prefix)
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
@@ -129,12 +130,12 @@ def test_resample_matches_timm(old, new, prefix):
 ])
 def test_another_image_size_matches_timm_checkpoint_filter(tmp_path, arch, native, size,
                                                            kwargs):
-  """hub.load(image_size=...) vs timm's model created at that size and loaded through its
+  """hub_import.load(image_size=...) vs timm's model created at that size and loaded through its
   checkpoint_filter_fn (which resamples the position embeddings)."""
   from timm.models.vision_transformer import checkpoint_filter_fn
   ref = _timm(arch, seed=4, img_size=native, **kwargs)
   folder = _save(ref, tmp_path)
-  imported = hub.load(folder, image_size=size)
+  imported = hub_import.load(folder, image_size=size)
   assert imported.model['image_size'] == native
   at_size = timm.create_model(arch, pretrained=False, img_size=size, **SMALL, **kwargs).eval()
   at_size.load_state_dict(checkpoint_filter_fn(ref.state_dict(), at_size), strict=True)
@@ -188,7 +189,7 @@ def test_npz_matches_timm(tmp_path, naming):
   _load_weights(twin, path)
   for key, value in ref.state_dict().items():
     np.testing.assert_array_equal(twin.state_dict()[key].numpy(), value.numpy(), err_msg=key)
-  imported = hub.load(path)
+  imported = hub_import.load(path)
   assert imported.family == 'augreg' and imported.model['num_heads'] == 4
   _check(ref, imported, _images(size=32))
 
@@ -197,14 +198,14 @@ def test_pytorch_model_bin(tmp_path, monkeypatch):
   ref = _timm('deit3_small_patch16_224', seed=6, img_size=32, patch_size=8, num_classes=7)
   save_for_hf(ref, str(tmp_path), safe_serialization=False)
   assert not (tmp_path / 'model.safetensors').exists()
-  imported = hub.load(str(tmp_path))
+  imported = hub_import.load(str(tmp_path))
   assert imported.source == str(tmp_path / 'pytorch_model.bin')
   _check(ref, imported, _images(size=32))
   import sys
   monkeypatch.setitem(sys.modules, 'torch', None)     # as if torch were not installed
   with pytest.raises(ValueError, match=r'pytorch_model.bin is a torch pickle and torch is not '
                                        r'installed'):
-    hub.load(str(tmp_path))
+    hub_import.load(str(tmp_path))
 
 
 def test_hf_hub_from_the_local_cache(tmp_path, monkeypatch):
@@ -216,14 +217,14 @@ def test_hf_hub_from_the_local_cache(tmp_path, monkeypatch):
   (repo / 'refs').mkdir()
   (repo / 'refs' / 'main').write_text(commit)
   monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hub'))
-  imported = hub.load('hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m')
+  imported = hub_import.load('hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m')
   assert imported.source == str(repo / 'snapshots' / commit / 'model.safetensors')
   assert imported.family == 'dinov2_reg'
   _check(ref, imported, _images(n=2, size=28))
   with pytest.raises(FileNotFoundError, match=r'hf-hub:timm/deit3_small_patch16_224.fb_in1k has '
                                               r'no model.safetensors or pytorch_model.bin in the '
                                               r'Hugging Face cache .*hub .*cannot download'):
-    hub.load('hf-hub:timm/deit3_small_patch16_224.fb_in1k')
+    hub_import.load('hf-hub:timm/deit3_small_patch16_224.fb_in1k')
 
 
 # --- refusals, each in one line --------------------------------------------------------
@@ -238,11 +239,11 @@ def test_refusals_name_the_first_misfit(tmp_path):
   # safetensors keeps names sorted: head.fc.bias is the file's first tensor.
   with pytest.raises(ValueError, match=r"tensor 'head.fc.bias' \(7,\) does not fit "
                                        r"the project's ViT") as e:
-    hub.load(_save(convnext, tmp_path / 'convnext'))
+    hub_import.load(_save(convnext, tmp_path / 'convnext'))
   _one_line(e)
   qk_norm = _timm('vit_small_patch16_224', seed=8, img_size=32, patch_size=8, qk_norm=True)
   with pytest.raises(ValueError, match=r"tensor 'blocks.0.attn.k_norm.bias' \(12,\)") as e:
-    hub.load(_save(qk_norm, tmp_path / 'qk_norm'))
+    hub_import.load(_save(qk_norm, tmp_path / 'qk_norm'))
   _one_line(e)
   # A tensor of the right name and the wrong shape.
   ref = _timm('deit3_small_patch16_224', seed=9, img_size=32, patch_size=8, num_classes=7)
@@ -253,7 +254,7 @@ def test_refusals_name_the_first_misfit(tmp_path):
   save_file(state, os.path.join(folder, 'model.safetensors'))
   with pytest.raises(ValueError, match=r'blocks.1.mlp.fc1.bias of shape \(100,\) does not fit '
                                        r'parameter block_1/mlp/fc1/bias of shape \(192,\)') as e:
-    hub.load(folder)
+    hub_import.load(folder)
   _one_line(e)
   # An architecture this loader does not map, though its tensors have ViT names.
   with open(os.path.join(folder, 'config.json')) as f:
@@ -265,18 +266,18 @@ def test_refusals_name_the_first_misfit(tmp_path):
     json.dump(cfg, f)
   with pytest.raises(ValueError, match=r"architecture 'vit_base_patch16_clip_224' is not one "
                                        r"this loader maps") as e:
-    hub.load(folder)
+    hub_import.load(folder)
   _one_line(e)
   os.remove(os.path.join(folder, 'config.json'))
   with pytest.raises(ValueError, match=r'no config.json naming the architecture beside it') as e:
-    hub.load(os.path.join(folder, 'model.safetensors'))
+    hub_import.load(os.path.join(folder, 'model.safetensors'))
   _one_line(e)
   with pytest.raises(FileNotFoundError, match=r"checkpoint '/nowhere/model.safetensors' does "
                                               r"not exist") as e:
-    hub.load('/nowhere/model.safetensors')
+    hub_import.load('/nowhere/model.safetensors')
   _one_line(e)
   with pytest.raises(FileNotFoundError, match=r'holds none of') as e:
-    hub.load(str(tmp_path))
+    hub_import.load(str(tmp_path))
   _one_line(e)
   # The .npz names its first array without a place (here the old ViT's pre-logits layer).
   vit_ref = _timm('vit_small_patch16_224', seed=13, img_size=32, patch_size=8, num_classes=7)
@@ -286,7 +287,7 @@ def test_refusals_name_the_first_misfit(tmp_path):
   np.savez(path, **arrays, **{'pre_logits/kernel': np.zeros((48, 48), np.float32)})
   with pytest.raises(ValueError, match=r"the .npz array 'pre_logits/kernel' \(48, 48\) has no "
                                        r"place") as e:
-    hub.load(path)
+    hub_import.load(path)
   _one_line(e)
 
 
@@ -338,17 +339,17 @@ def _data_config(model) -> dict:
 def test_export_loads_in_timm(tmp_path, fields, num_classes, family):
   """export_timm's folder, read by timm itself (create_model('local-dir:...', pretrained=True)
   takes the architecture and model_args from config.json and the weights strictly), gives
-  the logits of the project's ViT; and hub.load reads it back to the same params, as the
+  the logits of the project's ViT; and hub_import.load reads it back to the same params, as the
   family whose layout it has."""
   m = {**SMALL_VIT, **fields}
   model = vit.ViT(num_classes=num_classes, **m)
   params = _random_params(model, seed=10)
-  out = hub.export_timm(params, m, num_classes, str(tmp_path / 'exported'),
+  out = hub_export.export_timm(params, m, num_classes, str(tmp_path / 'exported'),
                         preprocessing=PREPROCESSING)
   assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']
   assert os.listdir(tmp_path) == ['exported']          # no temporary folder left behind
   ref = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
-  imported = hub.load(out)
+  imported = hub_import.load(out)
   assert imported.num_classes == num_classes and imported.family == family
   assert imported.preprocessing == PREPROCESSING
   size = m['image_size']
@@ -357,7 +358,7 @@ def test_export_loads_in_timm(tmp_path, fields, num_classes, family):
   for key in ('width', 'depth', 'num_heads', 'patch_size', 'pos_embed', 'num_registers',
               'distillation', 'image_size'):
     assert imported.model[key] == m[key], key
-  _check(ref, hub.Imported(m, num_classes, params, out, 'vit_jax'), _images(n=2, size=m['image_size']))
+  _check(ref, hub_import.Imported(m, num_classes, params, out, 'vit_jax'), _images(n=2, size=m['image_size']))
   np.testing.assert_array_equal(imported.params['pos_embedding'], params['pos_embedding'])
 
 
@@ -365,7 +366,7 @@ def test_export_refusals(tmp_path):
   m = dict(image_size=32, patch_size=8, width=48, depth=2, num_heads=4, mlp_ratio=2.0,
            layerscale_init=1e-6, pos_embed='patches')
   params = _random_params(vit.ViT(num_classes=3, **m), seed=11)
-  export = functools.partial(hub.export_timm, preprocessing=PREPROCESSING)
+  export = functools.partial(hub_export.export_timm, preprocessing=PREPROCESSING)
   for field, match in ((dict(gate='g2'), r"model.gate='g2' cannot be exported to timm; it "
                                          r"accepts 'none' \(G2 gates the values"),
                        (dict(gate='g1'), r"model.gate='g1' cannot be exported.*attn_layer"),
@@ -405,7 +406,7 @@ def test_export_cli_from_a_workdir(tmp_path, capsys):
   export.main(['--workdir', str(workdir), '--out', str(tmp_path / 'out'), '--checkpoint', '3'])
   ref = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True).eval()
   size = config.model.image_size
-  _check(ref, hub.Imported(dict(config.model), config.dataset.num_classes, params, '', ''),
+  _check(ref, hub_import.Imported(dict(config.model), config.dataset.num_classes, params, '', ''),
          _images(n=2, size=size))
   cfg = json.loads((tmp_path / 'out' / 'config.json').read_text())
   assert cfg['pretrained_cfg']['mean'] == list(config.dataset.mean)
@@ -424,11 +425,11 @@ def test_export_cli_from_a_workdir(tmp_path, capsys):
 
 def test_export_names_the_timm_architecture_of_its_family_width_patch_and_size():
   """timm builds an export only by a registered name (model_args then set every field):
-  hub's table is every registered name of the families it writes, and an export takes the
+  hub_export's table is every registered name of the families it writes, and an export takes the
   one that matches its width, patch and resolution where timm has it."""
   registered = {n for n in timm.list_models()
                 if re.fullmatch(r'deit3?_\w+_patch\d+_\d+|vit_\w+_dinov2', n)}
-  assert set(hub._TIMM_NAMES) == registered
+  assert set(hub_export.TIMM_NAMES) == registered
   s16 = dict(width=384, patch_size=16, image_size=224, layerscale_init=1e-6, pos_embed='patches')
   for fields, name in (
       (s16, 'deit3_small_patch16_224'), ({**s16, 'image_size': 384}, 'deit3_small_patch16_384'),
@@ -442,7 +443,7 @@ def test_export_names_the_timm_architecture_of_its_family_width_patch_and_size()
       ({**s16, 'patch_size': 14, 'image_size': 518, 'layerscale_init': 1e-5, 'num_registers': 4},
        'vit_small_patch14_reg4_dinov2'),
       ({**s16, 'width': 64, 'patch_size': 4, 'image_size': 16}, 'deit3_small_patch16_224')):
-    assert hub.timm_architecture(fields) == name, fields
+    assert hub_export.timm_architecture(fields) == name, fields
 
 
 @pytest.mark.parametrize('umask', [0o022, 0o027])
@@ -452,7 +453,7 @@ def test_export_files_have_the_modes_the_umask_gives(tmp_path, umask):
   params = _random_params(vit.ViT(num_classes=3, **m), seed=13)
   old = os.umask(umask)
   try:
-    out = hub.export_timm(params, m, 3, str(tmp_path / 'exported'), preprocessing=PREPROCESSING)
+    out = hub_export.export_timm(params, m, 3, str(tmp_path / 'exported'), preprocessing=PREPROCESSING)
   finally:
     os.umask(old)
   mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)

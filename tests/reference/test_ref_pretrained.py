@@ -1,5 +1,5 @@
 """Fine-tuning from and analysing a timm checkpoint saved in the hub's layout (timm's own
-save_for_hf): a fresh run starts from hub.load's parameters at the run's resolution (the
+save_for_hf): a fresh run starts from hub_import.load's parameters at the run's resolution (the
 head re-initialised with the model's own init when the classes differ), a resume does
 not re-import, and trainer=analyze on a folder of images gives timm's token norms (and,
 on the digits split, timm's top-1) for the same preprocessed images."""
@@ -24,7 +24,7 @@ from vit_jax import models
 from vit_jax import preflight
 from vit_jax.analysis import run as analysis
 from vit_jax.data import pipeline
-from vit_jax.models import hub
+from vit_jax.models import hub_import
 from vit_jax.train import loop
 from vit_jax.train import preemption
 import tiny_run  # noqa: F401  (compiled programs cached on disk between the runs of a session)
@@ -87,7 +87,7 @@ def test_fine_tuning_starts_from_the_import_and_a_resume_from_the_workdir(tmp_pa
   folder, _ = checkpoints['c5']
   c = _config(folder, **{'optim.warmup_epochs': 0.0})
   preflight.check(c, str(tmp_path))
-  imported = _flat(hub.load(folder, 16).params)
+  imported = _flat(hub_import.load(folder, 16).params)
   watch = preemption.PreemptionWatch()
   run = loop.Run(c, str(tmp_path))
   try:

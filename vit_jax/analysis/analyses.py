@@ -156,8 +156,7 @@ def _ttr_plots(cap: Capture, rows) -> list:
     return []
   k = cap.config.analysis.num_images
   before, after = (np.asarray(m)[:k].mean(1) for m in r['_maps'])   # heads averaged
-  lay_after = vit.TokenLayout(cap.layout.num_special, cap.layout.num_registers + 1,
-                              cap.layout.num_patches)
+  lay_after = vit.token_layout(cap.config.model, test_time_registers=1)
   maps = np.stack([before[:, 0, cap.layout.patches], after[:, 0, lay_after.patches]], 1)
   fig = plots.attention_maps(cap.images[:k], maps, ['cls, plain', 'cls, test-time register'],
                              'attention probability (heads averaged)', 1.0 / before.shape[-1],

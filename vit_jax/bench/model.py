@@ -42,6 +42,7 @@ import numpy as np
 from vit_jax import config_lib
 from vit_jax import models
 from vit_jax.models import variants
+from vit_jax.models import vit
 
 # The study's variants, and two more the benchmark times: seed 000's SVD taps and DeiT's
 # distillation token with its ResNet-50 teacher in the step.
@@ -292,7 +293,7 @@ def step_gemms(c) -> list[tuple[int, int, int, int]]:
   scores and the weighted values, each with its two gradients; the patch embedding
   (forward and weight gradient) and the head."""
   m, b = c.model, c.batch_size
-  t = (m.image_size // m.patch_size) ** 2 + 1 + m.num_registers + int(m.distillation)
+  t = vit.token_layout(m).tokens
   rows, w, hd = b * t, m.width, m.width // m.num_heads
   hidden = int(m.width * m.mlp_ratio)
   dense = [(w, 3 * w), (w, w), (w, hidden), (hidden, w)] + ([(w, w)] if m.gate != 'none' else [])

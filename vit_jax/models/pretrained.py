@@ -1,6 +1,6 @@
 """Starting from a pretrained checkpoint (config.init): its architecture, its parameters.
 
-`hub.load` reads the checkpoint (timm / Hugging Face layouts) and gives the model's
+`hub_import.load` reads the checkpoint (timm / Hugging Face layouts) and gives the model's
 architecture fields and its parameters at the requested image size. Here they meet a
 config: `load` writes the architecture into config.model (the image size, the class
 count and the regularisation fields stay the config's), `check_fits` refuses in one
@@ -13,7 +13,7 @@ import os
 import flax
 import numpy as np
 
-from vit_jax.models import hub
+from vit_jax.models import hub_import
 
 # Parameter trees that depend on the number of classes.
 HEADS = ('head', 'head_dist')
@@ -71,7 +71,7 @@ def _kept(config) -> tuple:
 
 
 def load(config):
-  """hub.Imported of config.init.source at config.model.image_size, or None when unset.
+  """hub_import.Imported of config.init.source at config.model.image_size, or None when unset.
 
   The checkpoint's architecture fields are written into config.model (every field hub
   reports except image_size), and its preprocessing (pretrained_cfg mean, std, crop_pct)
@@ -86,7 +86,7 @@ def load(config):
   key = (src, int(config.model.image_size), _stamp(src))
   if key not in _CACHE:
     _CACHE.clear()    # one checkpoint at a time: a ViT-g's parameters are gigabytes
-    _CACHE[key] = hub.load(src, int(config.model.image_size))
+    _CACHE[key] = hub_import.load(src, int(config.model.image_size))
   imported = _CACHE[key]
   config.model.update({k: _coerce(config.model[k], v) for k, v in imported.model.items()
                        if k != 'image_size'})

@@ -17,13 +17,13 @@ position embedding, dropped at the output); with `neuron_mask` ((depth, hidden)
 booleans) each masked MLP neuron's activation is set to zero at every token and,
 at the added tokens, to its largest value over the image's tokens.
 """
-import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models import layers
 from vit_jax.models import mixed
 from vit_jax.models import svd_taps
 
@@ -31,40 +31,9 @@ GATES = ('none', 'g1', 'g2')
 POS_EMBEDS = ('patches', 'all')
 HEADS = ('linear', 'mlp')
 ATTENTION_IMPLS = ('xla', 'cudnn')  # jax.nn.dot_product_attention's; cudnn needs a GPU
-INITS = ('deit', 'seed000')
+INITS = layers.INITS
 
-# torch's trunc_normal_(std=0.02) cuts at +-2 absolute, i.e. +-100 standard
-# deviations: in effect a normal of std 0.02 (Flax's default cut, +-2 std,
-# would give std 0.0176). DeiT, DeiT-III and seed 000 initialise every Linear so.
-_dense_init = nn.initializers.truncated_normal(0.02, lower=-100.0, upper=100.0)
-
-
-def _uniform(bound: float):
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def initializers(name: str, patch_fan_in: int) -> dict:
-  """Initialisers of the parameters whose init differs between the sources.
-
-  'deit': the DeiT / DeiT-III code: cls, dist and position embeddings
-  trunc_normal(0.02); registers normal(1e-6) (Darcet et al.'s code, as timm);
-  the patch-embedding conv keeps torch's default (kaiming_uniform(a=sqrt(5)):
-  U(+-1/sqrt(fan_in)), bias too). 'seed000': seed 000's _init_weights: the conv
-  kaiming_normal(fan_out) with zero bias, cls and position embeddings
-  randn * 0.02, and nn.MultiheadAttention's in_proj (our qkv) xavier_uniform with
-  zero bias, which the seed's loop over nn.Linear never reaches.
-  """
-  if name not in INITS:
-    raise ValueError(f'model.init_scheme={name!r} is not one of {INITS}')
-  if name == 'deit':
-    bound = 1.0 / patch_fan_in ** 0.5
-    return dict(conv=nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
-                conv_bias=_uniform(bound), token=_dense_init,
-                register=nn.initializers.normal(1e-6), qkv=_dense_init)
-  return dict(conv=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
-              conv_bias=nn.initializers.zeros, token=nn.initializers.normal(0.02),
-              register=nn.initializers.normal(0.02),
-              qkv=nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'))
+_dense_init = layers.dense_init   # torch's trunc_normal_(std=0.02)
 
 
 def _gelu(x):
@@ -72,34 +41,6 @@ def _gelu(x):
   one rational polynomial, while flax's nn.gelu(approximate=False) goes through erfc
   (exponentials and branches), which made GELU ~15% of the CPU train step."""
   return x * (1 + jax.lax.erf(x * (2 ** -0.5)).astype(x.dtype)) * 0.5
-
-
-def drop_path_rates(max_rate: float, depth: int) -> list[float]:
-  """Stochastic-depth rate per block: linear from 0 at the first to max_rate at the last."""
-  return [max_rate * i / max(depth - 1, 1) for i in range(depth)]
-
-
-class DropPath(nn.Module):
-  """Stochastic depth: drop the whole residual branch per sample, rescale by 1/keep."""
-  rate: float
-
-  @nn.compact
-  def __call__(self, x, deterministic: bool):
-    if deterministic or self.rate == 0.0:
-      return x
-    keep = 1.0 - self.rate
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
-    return jnp.where(mask, x / keep, 0).astype(x.dtype)
-
-
-class LayerScale(nn.Module):
-  init_value: float
-
-  @nn.compact
-  def __call__(self, x):
-    gamma = self.param('scale', nn.initializers.constant(self.init_value), (x.shape[-1],))
-    return x * gamma.astype(x.dtype)
 
 
 class Attention(nn.Module):
@@ -188,8 +129,8 @@ class Block(nn.Module):
   def _branch(self, y, name, deterministic):
     y = nn.Dropout(self.dropout_rate)(y, deterministic)
     if self.layerscale_init:
-      y = LayerScale(self.layerscale_init, name=f'ls_{name}')(y)
-    return DropPath(self.drop_path_rate)(y, deterministic)
+      y = layers.LayerScale(self.layerscale_init, name=f'ls_{name}')(y)
+    return layers.DropPath(self.drop_path_rate)(y, deterministic)
 
   @nn.compact
   def __call__(self, x, deterministic: bool, capture: bool, neuron_mask=None,
@@ -226,33 +167,19 @@ class Head(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=_dense_init, name='out')(x)
 
 
-@dataclasses.dataclass(frozen=True)
-class TokenLayout:
-  """Where each kind of token sits in the sequence: [cls, dist?, registers..., patches]."""
-  num_special: int      # cls (+ dist)
-  num_registers: int
-  num_patches: int
+# Where each kind of token sits (the type token_layout gives).
+TokenLayout = layers.TokenLayout
 
-  @property
-  def registers(self) -> slice:
-    return slice(self.num_special, self.num_special + self.num_registers)
 
-  @property
-  def patches(self) -> slice:
-    return slice(self.num_special + self.num_registers, None)
-
-  def kind(self, index: int) -> str:
-    if index == 0:
-      return 'cls'
-    if index < self.num_special:
-      return 'dist'
-    return 'register' if index < self.num_special + self.num_registers else 'patch'
+def special_tokens(distillation: bool) -> int:
+  """The tokens before the registers: cls, and the dist token of a distilled model."""
+  return 2 if distillation else 1
 
 
 def token_layout(model, test_time_registers: int = 0) -> TokenLayout:
   """The layout of a ViT, from the module or from config.model (same field names);
   test-time registers count as registers (they sit right after the trained ones)."""
-  return TokenLayout(2 if model.distillation else 1,
+  return TokenLayout(special_tokens(model.distillation),
                      model.num_registers + test_time_registers,
                      (model.image_size // model.patch_size) ** 2)
 
@@ -280,7 +207,7 @@ class ViT(nn.Module):
   head_dropout_rate: float = 0.0
   layer_norm_eps: float = 1e-6
   attention_impl: str = 'xla'
-  init_scheme: str = 'deit'          # see initializers()
+  init_scheme: str = 'deit'          # see layers.initializers()
   dtype: Any = jnp.float32
 
   def _check(self):
@@ -309,7 +236,7 @@ class ViT(nn.Module):
     self._check()
     deterministic = not train
     b = images.shape[0]
-    inits = initializers(self.init_scheme, images.shape[-1] * self.patch_size**2)
+    inits = layers.initializers(self.init_scheme, images.shape[-1] * self.patch_size**2)
     token = lambda name, n, kind='token': self.param(name, inits[kind], (1, n, self.width))
     x = nn.Conv(self.width, (self.patch_size,) * 2, strides=(self.patch_size,) * 2,
                 padding='VALID', kernel_init=inits['conv'], bias_init=inits['conv_bias'],
@@ -346,7 +273,7 @@ class ViT(nn.Module):
 
     out = {'embed': x, 'blocks': [], 'attn': [], 'gates': [], 'mlp': []} if capture else {}
     svd_feats = []
-    for i, rate in enumerate(drop_path_rates(self.drop_path_rate, self.depth)):
+    for i, rate in enumerate(layers.drop_path_rates(self.drop_path_rate, self.depth)):
       x, aux = Block(self.num_heads, self.mlp_ratio, self.qkv_bias, self.gate,
                      self.layerscale_init, rate, self.dropout_rate,
                      self.attention_dropout_rate, self.layer_norm_eps, self.dtype,

@@ -1,4 +1,4 @@
-"""Pretrained ViT checkpoints in and out: timm / Hugging Face hub files <-> the project's ViT.
+"""Pretrained ViT checkpoints in: timm / Hugging Face hub files -> the project's ViT.
 
 `load(source)` reads a checkpoint of a family this project's ViT can express
 (DeiT, distilled DeiT, DeiT-III, AugReg ViT, DINOv2 with or without registers)
@@ -15,20 +15,18 @@ embedding length) comes from the tensor shapes; only the number of heads needs
 the config (or, for .npz, the attention kernels' shape). Every tensor must find
 its place: the first one that does not is named in a one-line error.
 
-`export_timm` writes the other way: a vit_jax model as the hub layout timm reads.
+hub_export.py writes the other way: a vit_jax model as the hub layout timm reads.
 """
 import dataclasses
 import json
 import math
 import os
 import re
-import shutil
-import stat
-import uuid
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
+from vit_jax import models
 from vit_jax.models import convert
 from vit_jax.models import vit
 
@@ -40,11 +38,11 @@ _TIMM_KEYS = (
     r'norm\.(weight|bias)', r'head(_dist)?\.(weight|bias)')
 
 # Heads by the size word of timm's architecture names (timm's model functions).
-_HEADS = {'tiny': 3, 'small': 6, 'medium': 8, 'base': 12, 'large': 16, 'huge': 16,
+HEADS = {'tiny': 3, 'small': 6, 'medium': 8, 'base': 12, 'large': 16, 'huge': 16,
           'giant': 24}
 # DeiT, DeiT-III, AugReg ViT and DINOv2 names, e.g. deit_small_distilled_patch16_224,
 # deit3_small_patch16_384, vit_small_patch16_224, vit_small_patch14_reg4_dinov2.
-_ARCH = re.compile(r'(?P<kind>deit3|deit|vit)_(?P<size>[a-z]+)_(?P<distilled>distilled_)?'
+ARCH_NAME = re.compile(r'(?P<kind>deit3|deit|vit)_(?P<size>[a-z]+)_(?P<distilled>distilled_)?'
                    r'patch(?P<patch>\d+)_(?:reg(?P<reg>\d+)_)?(?P<tail>dinov2|\d+)')
 # LayerScale init of the families that have it (their timm model functions).
 _LAYERSCALE_INIT = {'deit3': 1e-6, 'dinov2': 1e-5, 'dinov2_reg': 1e-5}
@@ -259,10 +257,10 @@ def _first_foreign(state: Mapping[str, np.ndarray], where: str) -> None:
                        f'tokens, pos_embed, blocks.N.{{norm,attn,ls,mlp}}, norm, head)')
 
 
-def _family(arch: str, where: str) -> tuple[str, int | None]:
+def name_family(arch: str, where: str) -> tuple[str, int | None]:
   """(family, heads from the name) of a timm architecture name."""
-  m = _ARCH.fullmatch(arch)
-  if not m or m['size'] not in _HEADS:
+  m = ARCH_NAME.fullmatch(arch)
+  if not m or m['size'] not in HEADS:
     raise ValueError(f'{where}: architecture {arch!r} is not one this loader maps (timm\'s '
                      f'deit_*, deit_*_distilled_*, deit3_*, vit_*_patchP_S (AugReg) and '
                      f'vit_*_dinov2 / vit_*_regN_dinov2)')
@@ -274,7 +272,7 @@ def _family(arch: str, where: str) -> tuple[str, int | None]:
     family = 'deit_distilled' if m['distilled'] else 'deit'
   else:
     family = 'augreg'
-  return family, _HEADS[m['size']]
+  return family, HEADS[m['size']]
 
 
 def architecture(state: Mapping[str, np.ndarray], config: dict | None, where: str,
@@ -296,7 +294,7 @@ def architecture(state: Mapping[str, np.ndarray], config: dict | None, where: st
     raise ValueError(f'{where}: global_pool={pool!r}; the project\'s ViT reads the cls token '
                      f'(global_pool=\'token\')')
   if config.get('architecture'):
-    family, named_heads = _family(config['architecture'], where)
+    family, named_heads = name_family(config['architecture'], where)
     heads = args.get('num_heads', heads or named_heads)
   if family is None:
     raise ValueError(f'{where}: no config.json naming the architecture beside it; the hub '
@@ -309,7 +307,7 @@ def architecture(state: Mapping[str, np.ndarray], config: dict | None, where: st
   hidden = state['blocks.0.mlp.fc1.weight'].shape[0]
   registers = state['reg_token'].shape[1] if 'reg_token' in state else 0
   distillation = 'dist_token' in state
-  special = 2 if distillation else 1
+  special = vit.special_tokens(distillation)
   tokens = state['pos_embed'].shape[1]
   if math.isqrt(tokens) ** 2 == tokens:
     pos_embed, grid = 'patches', math.isqrt(tokens)
@@ -333,12 +331,6 @@ def architecture(state: Mapping[str, np.ndarray], config: dict | None, where: st
   return model, num_classes, family
 
 
-def _build(model_fields: dict, num_classes: int):
-  model = vit.ViT(num_classes=num_classes, **model_fields)   # the other fields: no effect here
-  model._check()
-  return model
-
-
 def preprocessing(config: dict | None) -> dict:
   """The PREPROCESSING values a timm config.json names (pretrained_cfg, or the older layout
   that holds them at the top level), mean and std as tuples."""
@@ -358,7 +350,7 @@ def load(source: str, image_size: int | None = None) -> Imported:
   state, heads = _read(weights)
   family = 'augreg' if weights.endswith('.npz') else None
   model, num_classes, family = architecture(state, config, weights, family, heads)
-  native = _build(model, num_classes)
+  native = models.build_model(model, num_classes)   # the other fields: no effect here
   try:
     params = convert.from_torch(state, native, 'timm')
   except ValueError as e:
@@ -368,163 +360,8 @@ def load(source: str, image_size: int | None = None) -> Imported:
     raise ValueError(f'image_size={size} is not a multiple of the checkpoint\'s patch size '
                      f'{model["patch_size"]}')
   if size != model['image_size']:
-    prefix = 0 if model['pos_embed'] == 'patches' else (2 if model['distillation'] else 1)
+    prefix = 0 if model['pos_embed'] == 'patches' else vit.special_tokens(model['distillation'])
     params['pos_embedding'] = resample_pos_embed(params['pos_embedding'],
                                                  size // model['patch_size'], prefix)
   return Imported(model=model, num_classes=num_classes, params=params, source=weights,
                   family=family, preprocessing=preprocessing(config))
-
-
-# --- export ---------------------------------------------------------------------------------
-
-# The ViT architectures timm registers, by family: timm.create_model builds only a registered
-# name (its model function); the config.json model_args then set every field over the name's
-# defaults. (DINOv2 names carry no resolution: 518.)
-_TIMM_NAMES = (
-    'deit_tiny_patch16_224', 'deit_small_patch16_224', 'deit_base_patch16_224',
-    'deit_base_patch16_384', 'deit_tiny_distilled_patch16_224',
-    'deit_small_distilled_patch16_224', 'deit_base_distilled_patch16_224',
-    'deit_base_distilled_patch16_384', 'deit3_small_patch16_224', 'deit3_small_patch16_384',
-    'deit3_medium_patch16_224', 'deit3_base_patch16_224', 'deit3_base_patch16_384',
-    'deit3_large_patch16_224', 'deit3_large_patch16_384', 'deit3_huge_patch14_224',
-    'vit_small_patch14_dinov2', 'vit_base_patch14_dinov2', 'vit_large_patch14_dinov2',
-    'vit_giant_patch14_dinov2', 'vit_small_patch14_reg4_dinov2', 'vit_base_patch14_reg4_dinov2',
-    'vit_large_patch14_reg4_dinov2', 'vit_giant_patch14_reg4_dinov2')
-# Widths of timm's size words (DINOv2's giant: 1536).
-_WIDTHS = {'tiny': 192, 'small': 384, 'medium': 512, 'base': 768, 'large': 1024, 'huge': 1280,
-           'giant': 1536}
-DINOV2_SIZE = 518
-
-
-def _exportable(m: Mapping[str, Any], num_classes: int) -> None:
-  """One line for the first field timm's VisionTransformer (through config.json) cannot express."""
-  refusals = (
-      (m.get('arch', 'vit') != 'vit', 'arch', 'a ViT'),
-      (m.get('gate', 'none') == 'g2', 'gate', "'none' (G2 gates the values; timm's Attention has "
-                                             "no such gate)"),
-      (m.get('gate', 'none') == 'g1', 'gate', "'none' (timm's Attention has the G1 gate, "
-                                             "gated=True, but VisionTransformer takes it only "
-                                             "as an attn_layer class, which config.json cannot "
-                                             "name)"),
-      (m.get('head', 'linear') != 'linear', 'head', "'linear' (timm's head is one Linear)"),
-      (bool(m.get('svd_tap_layers')), 'svd_tap_layers', '() (timm has no SVD taps)'),
-      (m.get('layer_norm_eps', 1e-6) != 1e-6, 'layer_norm_eps',
-       "1e-6 (timm's ViT LayerNorm; config.json cannot set norm_layer)"),
-      (m.get('pos_embed') == 'all' and m.get('num_registers', 0) > 0, 'pos_embed',
-       "'patches' with registers (timm's embed-class layout gives registers a position too)"),
-      (m.get('distillation', False) and m.get('num_registers', 0) > 0, 'num_registers',
-       "0 with distillation (timm's VisionTransformerDistilled has no registers)"),
-      (num_classes < 0, 'num_classes', '>= 0'),
-  )
-  for bad, name, accepted in refusals:
-    if bad:
-      raise ValueError(f'model.{name}={m.get(name, num_classes)!r} cannot be exported to timm; '
-                       f'it accepts {accepted}')
-
-
-def export_family(m: Mapping[str, Any]) -> str:
-  """The family whose layout the model has: DeiT's dist token; LayerScale with position
-  embeddings on the cls token too (DINOv2), or on the patches only (DeiT-III; with
-  registers at patch 14, DINOv2's); no LayerScale: DeiT."""
-  if m.get('distillation'):
-    return 'deit_distilled'
-  if m.get('layerscale_init'):
-    if m.get('pos_embed') == 'all':
-      return 'dinov2'
-    if m.get('num_registers') and int(m['patch_size']) == 14:
-      return 'dinov2_reg'
-  elif m.get('pos_embed') == 'all':
-    return 'deit'
-  return 'deit3'
-
-
-def timm_architecture(m: Mapping[str, Any]) -> str:
-  """timm's registered name of the model's family that is nearest to it: the same patch,
-  then the nearest width, then the nearest resolution (deit3_small_patch16_224 for a
-  DeiT-III ViT-S/16 at 224, vit_small_patch14_dinov2 for a DINOv2 ViT-S/14 at 518)."""
-  family = export_family(m)
-
-  def distance(name):
-    g = _ARCH.fullmatch(name)
-    size = DINOV2_SIZE if g['tail'] == 'dinov2' else int(g['tail'])
-    return (int(g['patch']) != int(m['patch_size']), abs(_WIDTHS[g['size']] - int(m['width'])),
-            abs(size - int(m['image_size'])))
-  return min((n for n in _TIMM_NAMES if _family(n, n)[0] == family), key=distance)
-
-
-def timm_config(m: Mapping[str, Any], num_classes: int, preprocessing: Mapping[str, Any]) -> dict:
-  """config.json as timm's save_config_for_hf writes it for this model; `preprocessing`
-  (mean, std, crop_pct, interpolation) is what it was evaluated with, which timm's
-  resolve_data_config + create_transform then reproduce."""
-  s = int(m['image_size'])
-  layerscale = m.get('layerscale_init', 0.0)
-  args = dict(img_size=[s, s], patch_size=int(m['patch_size']), in_chans=3,
-              num_classes=num_classes, global_pool='token', embed_dim=int(m['width']),
-              depth=int(m['depth']), num_heads=int(m['num_heads']),
-              mlp_ratio=float(m.get('mlp_ratio', 4.0)), qkv_bias=bool(m.get('qkv_bias', True)),
-              init_values=float(layerscale) if layerscale else None, class_token=True,
-              no_embed_class=m.get('pos_embed', 'patches') == 'patches',
-              reg_tokens=int(m.get('num_registers', 0)))
-  classifier = ['head', 'head_dist'] if m.get('distillation') else 'head'
-  pretrained_cfg = dict(tag='vit_jax', custom_load=False, input_size=[3, s, s],
-                        fixed_input_size=True, interpolation=preprocessing['interpolation'],
-                        crop_pct=float(preprocessing['crop_pct']), crop_mode='center',
-                        mean=[float(v) for v in preprocessing['mean']],
-                        std=[float(v) for v in preprocessing['std']], num_classes=num_classes,
-                        pool_size=None, first_conv='patch_embed.proj', classifier=classifier)
-  return dict(architecture=timm_architecture(m), num_classes=num_classes,
-              num_features=int(m['width']), global_pool='token', model_args=args,
-              pretrained_cfg=pretrained_cfg)
-
-
-def export_timm(params, model_config, num_classes: int, out_dir: str, *,
-                preprocessing: Mapping[str, Any]) -> str:
-  """Writes `out_dir` in the hub layout timm reads (model.safetensors + config.json;
-  timm.create_model('local-dir:' + out_dir, pretrained=True) builds it), atomically: a
-  temporary folder beside it, renamed into place, with the modes the umask gives new files.
-  `preprocessing`: timm_config's. Returns out_dir."""
-  from safetensors.numpy import save_file
-  m = dict(model_config)
-  _exportable(m, num_classes)
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-    raise FileExistsError(f'export folder {out_dir} exists and is not empty; choose a new one')
-  state = convert.to_torch(params, 'timm')
-  expected = convert.to_torch(jax_abstract(m, num_classes), 'timm')
-  extra = sorted(set(state) - set(expected))
-  if extra:
-    raise ValueError(f'params do not fit model_config: {extra[0]} is not in the model')
-  for key, value in expected.items():
-    if key not in state or state[key].shape != value.shape:
-      got = tuple(state[key].shape) if key in state else 'missing'
-      raise ValueError(f'params do not fit model_config: {key} is {got}, the model has '
-                       f'{tuple(value.shape)}')
-  config = timm_config(m, num_classes, preprocessing)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f'.{os.path.basename(out_dir)}.{uuid.uuid4().hex}')
-  os.mkdir(tmp)     # not tempfile.mkdtemp: its folder is 0700 whatever the umask
-  try:
-    with open(os.path.join(tmp, 'config.json'), 'w') as f:
-      json.dump(config, f, indent=2)
-    weights = os.path.join(tmp, 'model.safetensors')
-    save_file(state, weights)   # safetensors writes 0600; give it the mode open() gave
-    os.chmod(weights, stat.S_IMODE(os.stat(os.path.join(tmp, 'config.json')).st_mode))
-    os.replace(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out_dir
-
-
-def jax_abstract(m: Mapping[str, Any], num_classes: int):
-  """Parameter shapes of the ViT that model fields `m` describe."""
-  import jax
-  from vit_jax import models
-  fields = {k: v for k, v in m.items() if k in {f.name for f in dataclasses.fields(vit.ViT)}}
-  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-  model = vit.ViT(num_classes=num_classes, **{k: v for k, v in fields.items()
-                                              if k not in ('num_classes', 'dtype', 'parent',
-                                                           'name')})
-  model._check()
-  return jax.tree.map(lambda a: np.zeros(a.shape, np.float32), models.abstract_params(model))
