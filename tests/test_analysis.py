@@ -2,6 +2,7 @@
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -301,8 +302,10 @@ def test_scoreboard_cli_writes_markdown_and_json(tmp_path, capsys):
   assert '| base | 30.00% | 2 | 2 |' in open(out).read()
   assert json.load(open(str(tmp_path / 'board' / 'scores.json')))['runs'][0]['best_epoch'] == 2
   assert '| base | 30.00% |' in capsys.readouterr().out
-  with pytest.raises(SystemExit, match="error: workdir '.*nope' does not exist"):
+  with pytest.raises(SystemExit) as e:
     scoreboard.main([a, str(tmp_path / 'nope')])
+  assert e.value.code == 2                        # as every command of the CLI
+  assert re.fullmatch(r"error: workdir '.*nope' does not exist\n", capsys.readouterr().err)
 
 
 def test_compare_per_layer_over_seeds(tmp_path):

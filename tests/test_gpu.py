@@ -42,7 +42,7 @@ def test_the_gpu_path_imports_neither_tensorflow_nor_grain():
 def test_an_unknown_benchmark_is_one_line():
   proc = subprocess.run([sys.executable, '-m', 'vit_jax.bench', 'gpus'], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
       "error: unknown benchmark 'gpus'; available: data, model, checkpoint, gpu, seeds, peer"]
 
 

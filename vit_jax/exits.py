@@ -7,8 +7,17 @@ launch/autorestart.sh acts on:
                   same command again to resume;
   anything else   a crash, resumable from the last checkpoint.
 """
+import sys
+
 ERROR = 2
 PREEMPTED = 75
+
+
+def fail(message: str):
+  """The one way a command-line tool stops on bad input: `error: message` on stderr, exit
+  ERROR (sys.exit with a string would exit 1, which reads as a crash)."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(ERROR)
 
 
 class Preempted(Exception):

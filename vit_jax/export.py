@@ -14,7 +14,6 @@ cannot express, an existing DIR) is one `error:` line, exit 2, before anything i
 import argparse
 import json
 import os
-import sys
 
 from vit_jax import exits
 
@@ -55,8 +54,7 @@ def main(argv=None) -> None:
   try:
     out = export(args.workdir, args.out, args.checkpoint)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(exits.ERROR)
+    exits.fail(str(e))
   print(out)
 
 

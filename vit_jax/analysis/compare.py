@@ -14,10 +14,10 @@ left out of its column and its panel rather than drawn as zero.
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
+from vit_jax import exits
 from vit_jax import files
 from vit_jax.analysis import plots
 from vit_jax.analysis import scoreboard
@@ -138,13 +138,13 @@ def main(argv=None):
   args = parser.parse_args(argv)
   unknown = [k for k in args.plot.split(',') if k not in QUANTITIES]
   if unknown:
-    sys.exit(f'error: --plot has {unknown[0]!r}; known: {", ".join(QUANTITIES)}')
+    exits.fail(f'--plot has {unknown[0]!r}; known: {", ".join(QUANTITIES)}')
   try:
     result = per_layer(args.workdirs)
   except FileNotFoundError as e:
-    sys.exit(f'error: {e}')
+    exits.fail(str(e))
   if not result['variants']:
-    sys.exit(f'error: no analysed workdir (analysis.json) in {args.workdirs}; run '
+    exits.fail(f'no analysed workdir (analysis.json) in {args.workdirs}; run '
              '--config.trainer=analyze on them first')
   text = markdown(result)
   print(text)

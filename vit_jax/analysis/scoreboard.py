@@ -19,10 +19,10 @@ import argparse
 import json
 import math
 import os
-import sys
 
 import numpy as np
 
+from vit_jax import exits
 from vit_jax import files
 from vit_jax.train import checkpoint
 from vit_jax.train import metrics_io
@@ -189,12 +189,12 @@ def main(argv=None):
   args = parser.parse_args(argv)
   missing = [w for w in args.workdirs if not os.path.isdir(w)]
   if missing:
-    sys.exit(f'error: workdir {missing[0]!r} does not exist')
+    exits.fail(f'workdir {missing[0]!r} does not exist')
   try:
     rows = [row(w, name) for w, name in workdirs(args.workdirs)]
     groups = over_seeds(rows)
   except FileNotFoundError as e:
-    sys.exit(f'error: {e}')
+    exits.fail(str(e))
   table = markdown(rows)
   if len(groups) < len(rows):
     table = seeds_markdown(groups) + '\nPer run:\n\n' + table

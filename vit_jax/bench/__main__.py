@@ -28,6 +28,8 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
+from vit_jax import exits  # noqa: E402
+
 # Benchmark name -> its module, which defines its flags and run(save) -> results (None:
 # nothing measured).
 BENCHMARKS = {'data': 'vit_jax.bench.data', 'model': 'vit_jax.bench.model',
@@ -52,6 +54,6 @@ def _write(results: dict | None) -> None:
 if __name__ == '__main__':
   name = sys.argv[1] if len(sys.argv) > 1 else ''
   if name not in BENCHMARKS:
-    sys.exit(f'error: unknown benchmark {name!r}; available: {", ".join(BENCHMARKS)}')
+    exits.fail(f'unknown benchmark {name!r}; available: {", ".join(BENCHMARKS)}')
   importlib.import_module(BENCHMARKS[name])       # its flags, before they are parsed
   app.run(main)

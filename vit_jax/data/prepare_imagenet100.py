@@ -21,7 +21,6 @@ that are not images are passed over.
 import csv
 import os
 import shutil
-import sys
 
 from absl import app
 from absl import flags
@@ -157,8 +156,7 @@ def main(argv):
   try:
     counts = build(_SRC.value, _DST.value, _COPY.value, _VAL_LABELS.value)
   except (OSError, ValueError, KeyError) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(exits.ERROR)
+    exits.fail(str(e))
   print(f"wrote {_DST.value}: {counts['train']} train and {counts['val']} val images")
 
 
