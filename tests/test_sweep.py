@@ -2,6 +2,7 @@
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -250,3 +251,26 @@ def test_a_workdir_of_another_sweep_is_refused_before_any_run(tmp_path, capsys, 
   assert len(err) == 1 and 'seed=2' in err[0] and 'was made by another sweep' in err[0], err
   assert calls == [] and sorted(os.listdir(root)) == ['seed=2']
   assert open(os.path.join(root, 'seed=2', 'sweep.json')).read() == before
+
+
+def test_ctrl_c_is_one_line_and_the_same_command_goes_on(tmp_path):
+  """Ctrl-C (SIGINT to the sweep's process group, as a terminal sends it) while a run trains:
+  one line naming the run, exit 130 (a shell's code for Ctrl-C), no traceback; the same
+  command then finishes the sweep."""
+  root = str(tmp_path / 'sweep')
+  args = ['--config', 'configs/vanilla.py:quick', '--seeds', '0'] + TINY + ['--root', root]
+  proc = subprocess.Popen([sys.executable, '-m', 'vit_jax.sweep', *args], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, **ENV), start_new_session=True)
+  for line in proc.stdout:
+    if line.startswith('[1/1] seed=0: running'):
+      break
+  os.killpg(proc.pid, signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == sweep.INTERRUPTED, err[-3000:]
+  assert err.strip().splitlines() == [
+      'sweep: interrupted (Ctrl-C) during [1/1] seed=0; finished runs are kept and an '
+      'unfinished one resumes: run the same command to go on']
+  again = run_sweep(args)
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert '[1/1] seed=0: done' in again.stdout

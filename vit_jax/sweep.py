@@ -31,6 +31,7 @@ from vit_jax import files
 
 SWEEP_FILE = 'sweep.json'
 LOG_FILE = 'train.log'
+INTERRUPTED = 130     # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 def parse_list(text: str, what: str) -> list[str]:
@@ -178,11 +179,12 @@ def slurm_command(args, run) -> list[str]:
           [f'--config.{k}={v}' for k, v in run['overrides'].items()])
 
 
-def run_local(args, runs, env) -> list[str]:
-  """Each unfinished run in turn; the names of those that failed."""
+def run_local(args, runs, env, at: dict) -> list[str]:
+  """Each unfinished run in turn; the names of those that failed. at['run']: the one under
+  way, for the line a Ctrl-C gets."""
   failed = []
   for i, run in enumerate(runs, 1):
-    tag = f'[{i}/{len(runs)}] {run["name"]}'
+    tag = at['run'] = f'[{i}/{len(runs)}] {run["name"]}'
     if run['finished']:
       print(f'{tag}: finished, skipped', flush=True)
       continue
@@ -256,7 +258,14 @@ def main(argv=None) -> int:
     os.environ.update(env)
   todo = sum(not r['finished'] for r in runs)
   print(f'sweep: {len(runs)} runs under {args.root}, {len(runs) - todo} finished', flush=True)
-  failed = run_slurm(args, runs, env) if args.slurm else run_local(args, runs, env)
+  at = {'run': None}
+  try:
+    failed = run_slurm(args, runs, env) if args.slurm else run_local(args, runs, env, at)
+  except KeyboardInterrupt:
+    where = f' during {at["run"]}' if at['run'] else ''
+    print(f'sweep: interrupted (Ctrl-C){where}; finished runs are kept and an unfinished one '
+          'resumes: run the same command to go on', file=sys.stderr, flush=True)
+    return INTERRUPTED
   if failed:
     print(f'sweep: {len(failed)} of {len(runs)} runs failed: {", ".join(failed)}',
           file=sys.stderr, flush=True)
@@ -265,4 +274,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except KeyboardInterrupt:     # while its runs are planned and checked
+    print('sweep: interrupted (Ctrl-C) before any run', file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED)
