@@ -233,6 +233,7 @@ def test_unreadable_files_are_reported_once_per_epoch_and_evaluation_with_worker
 
 
 def test_the_probe_batch_holds_no_padding(tmp_path):
+  """Training's probe batch and the analysis's: one batch, passing over an unreadable file."""
   root = make_tree(tmp_path / 'data', broken=False)
   with open(os.path.join(root, 'val', 'a', '0_broken.jpg'), 'wb') as f:   # first in val/
     f.write(b'truncated')
@@ -246,6 +247,11 @@ def test_the_probe_batch_holds_no_padding(tmp_path):
   readable = [src[i]['image'] for i in range(len(src)) if src[i]['image'] is not None][:8]
   want = np.stack([pipeline.center_crop(im, 16, c.dataset.eval_crop_ratio) for im in readable])
   np.testing.assert_array_equal(probe, want)               # no black padding image
+  # The analysis studies the same batch: the 8 first readable images, not 7 of the first 8.
+  from vit_jax.analysis import run as analysis
+  images, labels = analysis.probe_batch(c)
+  np.testing.assert_array_equal(images, want)
+  np.testing.assert_array_equal(labels, [src[i]['label'] for i in range(1, 9)])
 
 
 def test_prepare_sorts_a_flat_val_by_its_label_file(tmp_path):

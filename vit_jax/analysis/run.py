@@ -104,19 +104,18 @@ def load_params(config, step_dir: str):
 
 
 def probe_batch(config) -> tuple[np.ndarray, np.ndarray | None]:
-  """(images, labels) of the first probe.num_images validation images, or (images, None)
-  of analysis.images' first ones, centre-cropped to model.image_size as ImageFolder data."""
+  """(images, labels) of the probe batch training measured (pipeline.probe_batch of the
+  validation split), or (images, None) of analysis.images' first ones, centre-cropped to
+  model.image_size as ImageFolder data."""
   n = config.probe.num_images
   if config.analysis.images:
     source = imagefolder.ImageListSource(os.path.expanduser(config.analysis.images))
     size = config.model.image_size
   else:
     source, size = sources.get(config.dataset, 'val'), sources.eval_crop(config.dataset)
-  batch = next(pipeline.eval_batches(source, n, limit=n, image_size=size,
-                                     crop_ratio=config.dataset.eval_crop_ratio))
+  batch = pipeline.probe_batch(source, n, size, config.dataset.eval_crop_ratio)
   pipeline.report_unreadable('analysis', 'left out', batch['unreadable'])
-  labels = None if config.analysis.images else batch['label'][batch['mask']]
-  return batch['image'][batch['mask']], labels
+  return batch['image'], None if config.analysis.images else batch['label']
 
 
 def probe_images(config) -> np.ndarray:

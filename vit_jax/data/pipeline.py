@@ -168,6 +168,24 @@ def eval_batches(source, batch_size: int, limit: int | None = None, image_size: 
            'mask': np.arange(batch_size) < real, 'unreadable': unreadable}
 
 
+def probe_batch(source, n: int, image_size: int | None = None,
+                crop_ratio: float = 0.875) -> dict:
+  """The probe images: the first n readable images of `source`, in order, cropped as the
+  evaluation crops them (the batch training measures every epoch and the analysis studies).
+  {'image', 'label', 'unreadable'}; fewer than n images only where the source has fewer."""
+  images, labels, unreadable = [], [], ()
+  for batch in eval_batches(source, n, image_size=image_size, crop_ratio=crop_ratio):
+    images += list(batch['image'][batch['mask']])
+    labels += list(batch['label'][batch['mask']])
+    unreadable += batch['unreadable']
+    if len(images) >= n:
+      break
+  if not images:
+    raise ValueError(f'{source!r} holds no readable image for the probe batch')
+  return {'image': np.stack(images[:n]), 'label': np.asarray(labels[:n], np.int32),
+          'unreadable': unreadable}
+
+
 def report_unreadable(where: str, what: str, paths) -> None:
   """One line per run of a loop naming each unreadable file once (this process's share)."""
   paths = sorted(set(paths))

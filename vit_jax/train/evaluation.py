@@ -32,18 +32,14 @@ def evaluate(compiled, params, source) -> dict:
 
 
 def probe_batch(compiled, source):
-  """The first probe.num_images readable validation images (a multiple of the devices;
-  an unreadable file is passed over, never padded in)."""
+  """pipeline.probe_batch's images of the validation split, as many of the first
+  probe.num_images as divide over the devices, on them."""
   n_dev = compiled.mesh.devices.size
   n = max(n_dev, compiled.config.probe.num_images // n_dev * n_dev)
-  images = []
-  for batch in eval_batches(compiled, source, n):
-    images += list(batch['image'][batch['mask']])
-    if len(images) >= n:
-      break
-  n = len(images) if len(images) < n else n
-  if n < n_dev:
+  d = compiled.config.dataset
+  images = pipeline.probe_batch(source, n, sources.eval_crop(d), d.eval_crop_ratio)['image']
+  if len(images) < n_dev:
     raise ValueError(f'the validation split has {len(images)} readable images, fewer than '
                      f'the {n_dev} devices the probe batch needs')
-  images = np.stack(images[:n // n_dev * n_dev])
+  images = images[:len(images) // n_dev * n_dev]
   return compiled.global_batch(compiled.local_rows({'image': images}))['image']
