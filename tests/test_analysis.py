@@ -22,6 +22,7 @@ from vit_jax.analysis import run as analysis
 from vit_jax.analysis import scoreboard
 from vit_jax.analysis import stats
 from vit_jax.models import vit
+from vit_jax.train import checkpoint
 from vit_jax.train import loop
 from vit_jax.train import metrics_io
 from vit_jax.train import steps
@@ -142,7 +143,7 @@ def test_kind_norms_by_hand():
 
 def test_captured_attention_rows_sum_to_one_and_gates_lie_in_unit_interval(workdir):
   c = small_config()
-  params = analysis.load_params(c, os.path.join(workdir, 'checkpoints', '2'))
+  params = analysis.load_params(c, checkpoint.epoch_dir(workdir, 2))
   images = analysis.probe_images(c)
   out = analysis.capture(c, params, images)
   t = 1 + 2 + 16

@@ -2,7 +2,9 @@
 (checkpoint.best_step's rule), and every reader of a workdir takes that one: the
 analysis, the evaluation, the export and the teacher loader. Here best is not the latest: epochs 1-4 scored 10, 50,
 50, 30, so best is 3 (latest 4, first maximum 2). Each epoch's head bias makes every
-prediction its own epoch number, so what a reader restored shows in what it outputs."""
+prediction its own epoch number, so what a reader restored shows in what it outputs.
+Checkpoint steps count optimizer updates (UPDATES an epoch), so an epoch is read from a
+checkpoint's metrics, never from its folder name."""
 import json
 import os
 
@@ -24,6 +26,7 @@ from vit_jax.train import teacher
 
 ACC = [10.0, 50.0, 50.0, 30.0]
 BEST = 3
+UPDATES = 5                     # optimizer updates an epoch: epoch e is step 5 e
 
 
 def _config():
@@ -42,8 +45,8 @@ def workdir(tmp_path_factory):
   for epoch, acc in enumerate(ACC, 1):
     params = jax.tree.map(jnp.copy, state.params)
     params['head']['out']['bias'] = 1000.0 * jax.nn.one_hot(epoch, 10)   # predicts `epoch`
-    checkpoint.save(mngr, epoch, state.replace(params=params), {'seed': 0},
-                    metrics={'val_acc1': acc})
+    checkpoint.save(mngr, epoch * UPDATES, state.replace(params=params), {'seed': 0},
+                    metrics={'epoch': epoch, 'val_acc1': acc})
   mngr.close()
   metrics_io.write(os.path.join(path, 'metrics.csv'),
                    [{'epoch': e, 'val_acc1': a} for e, a in enumerate(ACC, 1)])
@@ -53,8 +56,8 @@ def workdir(tmp_path_factory):
 
 
 def test_best_is_the_highest_later_among_equals_not_the_latest(workdir):
-  assert checkpoint.saved_steps(os.path.join(workdir, 'checkpoints')) == [1, 2, 3, 4]
-  assert checkpoint.best_step(os.path.join(workdir, 'checkpoints')) == BEST
+  assert checkpoint.saved_steps(os.path.join(workdir, 'checkpoints')) == [5, 10, 15, 20]
+  assert checkpoint.best_step(os.path.join(workdir, 'checkpoints')) == BEST * UPDATES
   assert checkpoint.select_step(workdir, 'best', 'x') == BEST
   assert checkpoint.select_step(workdir, 'latest', 'x') == 4
 
@@ -75,7 +78,7 @@ def test_analyze_best(workdir):
   c.analysis.checkpoint = 'best'
   epoch = analysis_run.check(c, workdir)
   assert epoch == BEST
-  params = analysis_run.load_params(c, os.path.join(workdir, 'checkpoints', str(epoch)))
+  params = analysis_run.load_params(c, checkpoint.epoch_dir(workdir, epoch))
   images, labels = analysis_run.probe_batch(c)
   assert analysis_run.top1(c, params, images, labels) == pytest.approx(
       100 * np.mean(labels == BEST))
@@ -91,6 +94,7 @@ def test_export_best(workdir, tmp_path):
 def test_teacher_loader_takes_best(workdir):
   c = _config()
   cfg = ml_collections.ConfigDict(dict(kind='hard', checkpoint=workdir, model=c.model))
-  assert teacher.resolve_step_dir(workdir) == os.path.join(workdir, 'checkpoints', str(BEST))
+  assert teacher.resolve_step_dir(workdir) == os.path.join(workdir, 'checkpoints',
+                                                           str(BEST * UPDATES))
   _, params = teacher.load(cfg, 10)
   assert int(np.argmax(params['head']['out']['bias'])) == BEST

@@ -56,7 +56,7 @@ def test_sigkill_mid_epoch_then_autorestart_completes_exactly(tmp_path):
   first = proc.stdout.readline()
   assert first.startswith('autorestart: started pid'), first
   child = int(first.split()[3].rstrip(':'))
-  _wait_for(workdir / 'checkpoints' / '1', proc)
+  _wait_for(workdir / 'checkpoints' / str(tiny_run.STEPS_PER_EPOCH), proc)   # epoch 1's
   os.kill(child, signal.SIGKILL)               # the trainer, not the wrapper
   assert [r['epoch'] for r in tiny_run.rows(workdir)] == ['1']   # epoch 2 was cut short
   out, _ = proc.communicate(timeout=600)
@@ -71,28 +71,29 @@ def test_sigterm_checkpoints_mid_epoch_exits_75_and_resumes_exactly(tmp_path):
   proc = _start(['bash', 'launch/local.sh', *tiny_run.args(workdir)[4:]],
                 env={'CONFIG': 'configs/vanilla.py:quick', 'WORKDIR': str(workdir),
                      'PYTHON': sys.executable})
-  _wait_for(workdir / 'checkpoints' / '1', proc)
+  _wait_for(workdir / 'checkpoints' / str(tiny_run.STEPS_PER_EPOCH), proc)   # epoch 1's
   time.sleep(0.3)
   proc.send_signal(signal.SIGTERM)             # local.sh execs: this is the trainer
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == EXIT_PREEMPTED, out[-3000:]
   assert 'preempted: SIGTERM at step' in out and 'run the same command to resume' in out
-  saved = os.listdir(workdir / 'checkpoints' / checkpoint.PREEMPTED)
+  n = tiny_run.STEPS_PER_EPOCH
+  saved = [s for s in checkpoint.saved_steps(str(workdir / 'checkpoints')) if s % n]
   assert len(saved) == 1
-  step = int(saved[0])
-  assert tiny_run.STEPS_PER_EPOCH < step < 2 * tiny_run.STEPS_PER_EPOCH   # inside epoch 2
+  step = saved[0]
+  assert n < step < 2 * n                      # inside epoch 2
   assert [r['epoch'] for r in tiny_run.rows(workdir)] == ['1']
 
   loop.train_and_evaluate(tiny_run.config(), str(workdir))
   tiny_run.assert_same_metrics(tiny_run.rows(workdir))
-  assert os.listdir(workdir / 'checkpoints' / checkpoint.PREEMPTED) == []
+  assert checkpoint.saved_steps(str(workdir / 'checkpoints')) == [n, 2 * n]   # none mid-epoch
 
 
 def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
   workdir = str(tmp_path)
   loop.train_and_evaluate(tiny_run.config(), workdir, stop_after_epoch=2)
-  ckpt = os.path.join(workdir, 'checkpoints')
-  data = os.path.join(ckpt, '2', 'state', 'd')
+  ckpt, n = os.path.join(workdir, 'checkpoints'), tiny_run.STEPS_PER_EPOCH
+  data = os.path.join(ckpt, str(2 * n), 'state', 'd')
   for name in os.listdir(data):                # truncated array files
     path = os.path.join(data, name)
     os.truncate(path, os.path.getsize(path) // 2)
@@ -102,8 +103,9 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
   loop.train_and_evaluate(tiny_run.config(), workdir)
   err = capsys.readouterr().err
   warnings = [l for l in err.splitlines() if l.startswith('warning:')]
-  assert len(warnings) == 1 and 'step 2' in warnings[0] and 'falling back to step 1' in warnings[0]
-  assert os.path.isdir(os.path.join(ckpt, '2.unreadable'))
+  assert len(warnings) == 1 and f'step {2 * n}' in warnings[0]
+  assert f'falling back to step {n}' in warnings[0]
+  assert os.path.isdir(os.path.join(ckpt, f'{2 * n}.unreadable'))
   tiny_run.assert_same_metrics(tiny_run.rows(workdir))
 
 
@@ -120,7 +122,7 @@ def test_nonfinite_step_stops_naming_it_and_keeps_the_last_checkpoint(tmp_path):
   step = int(re.search(r'at step (\d+)', str(e.value)).group(1))
   assert n < step < 2 * n                      # in epoch 2, after the overflowing update
   assert _snapshot(workdir)['metrics.csv'] == before['metrics.csv']
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1', checkpoint.PREEMPTED]
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(n)]   # epoch 1's
 
   # Resuming with another model shape: refused before anything is written.
   c.model.width = 48
@@ -176,10 +178,11 @@ def test_full_disk_at_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
   monkeypatch.setattr(handler, 'async_save', full_disk)
-  with pytest.raises(OSError, match=r'could not write checkpoint step 2 .*No space left on device'
-                     r'.*step 1 in .* is intact'):
+  n = tiny_run.STEPS_PER_EPOCH                       # checkpoint steps count updates
+  with pytest.raises(OSError, match=rf'could not write checkpoint step {2 * n} .*No space left '
+                     rf'on device.*step {n} in .* is intact'):
     loop.train_and_evaluate(tiny_run.config(), workdir)
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1', checkpoint.PREEMPTED]
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(n)]
 
   monkeypatch.setattr(handler, 'async_save', real_save)
   loop.train_and_evaluate(tiny_run.config(), workdir)   # the disk has room again
@@ -222,3 +225,4 @@ def test_full_disk_leaves_no_writer_thread_and_no_tmp_folder(tmp_path, monkeypat
   assert _orbax_threads(before) == []
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']
   mngr.close()
+

@@ -2,9 +2,10 @@
 
 The instants are exact (vit_jax/train/faults.py): mid-epoch, while the epoch's checkpoint is
 being written in the background, between metrics.csv written aside and put in place,
-right after an epoch, and while the preemption checkpoint is being written (SIGKILL, and
-a second SIGTERM). After each, the same command runs again; at the end every epoch is in
-metrics.csv once, with the values of an uninterrupted run (1e-6).
+right after an epoch, and while the checkpoint a SIGTERM asks for is being written (SIGKILL,
+and a second SIGTERM). After each, the same command runs again; at the end every epoch is in
+metrics.csv once, with the values of an uninterrupted run (1e-6), and no mid-epoch
+checkpoint is left.
 """
 import os
 import signal
@@ -31,6 +32,11 @@ def _killed(proc):
   assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-2000:])
 
 
+def _mid_epoch(workdir) -> list[int]:
+  """The saved steps (optimizer updates) that are not an epoch's end."""
+  return [s for s in checkpoint.saved_steps(str(workdir / 'checkpoints')) if s % N]
+
+
 def test_killed_at_five_instants_then_run_again_completes_exactly(tmp_path):
   workdir = tmp_path / 'run'
   _killed(_run(workdir, f'step:{N // 3}'))                  # 1. mid-epoch 1, nothing saved
@@ -42,18 +48,18 @@ def test_killed_at_five_instants_then_run_again_completes_exactly(tmp_path):
   done = _run(workdir)
   assert done.returncode == 0, done.stderr[-3000:]
   tiny_run.assert_same_metrics(tiny_run.rows(workdir))
-  assert os.listdir(workdir / 'checkpoints' / checkpoint.PREEMPTED) == []
+  assert _mid_epoch(workdir) == []
 
 
 def test_a_second_sigterm_while_the_preemption_checkpoint_is_written(tmp_path):
   workdir = tmp_path / 'run'
   first = _run(workdir, f'step:{N + N // 2}:TERM,preempt_checkpoint:1:TERM')
   assert first.returncode == EXIT_PREEMPTED, first.stderr[-3000:]
-  saved = checkpoint.saved_steps(str(workdir / 'checkpoints' / checkpoint.PREEMPTED))
+  saved = _mid_epoch(workdir)
   assert len(saved) == 1 and N < saved[0] < 2 * N          # written whole, inside epoch 2
   done = _run(workdir)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert f'resumed from {workdir}/checkpoints/preempted at step {saved[0]}' in done.stdout
+  assert f'resumed from {workdir}/checkpoints at step {saved[0]} (epoch 2, ' in done.stdout
   tiny_run.assert_same_metrics(tiny_run.rows(workdir))
 
 
@@ -63,8 +69,8 @@ def test_a_sigterm_outside_the_steps_stops_at_the_epoch_boundary(tmp_path):
   workdir = tmp_path / 'run'
   first = _run(workdir, 'metrics:1:TERM')
   assert first.returncode == EXIT_PREEMPTED, first.stderr[-3000:]
-  assert 'preempted: SIGTERM before epoch 2 (outside the train steps)' in first.stderr
-  assert checkpoint.saved_steps(str(workdir / 'checkpoints')) == [1]
+  assert f'preempted: SIGTERM at step {N}, before epoch 2 (outside the train steps)' in first.stderr
+  assert checkpoint.saved_steps(str(workdir / 'checkpoints')) == [N]
   done = _run(workdir)
   assert done.returncode == 0, done.stderr[-3000:]
   tiny_run.assert_same_metrics(tiny_run.rows(workdir))
@@ -96,3 +102,29 @@ def test_the_distillation_and_teacher_trainers_act_on_sigterm(tmp_path, config):
                         capture_output=True, text=True, env=env, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert f'at step {step}' in done.stdout
+
+
+def test_a_checkpoint_written_per_epoch_before_steps_counted_updates_resumes_exactly(tmp_path):
+  """A workdir as the loop left it before one checkpoint manager keyed by update: the step
+  is the epoch, the state has no epoch_metrics, the metrics no 'epoch'. It resumes from it
+  (not set aside as unreadable) and ends as an uninterrupted run."""
+  from vit_jax.train import loop
+  from vit_jax.train import steps
+  c = tiny_run.config(batch_size=64)
+  workdir, new = tmp_path / 'run', tmp_path / 'new'
+  loop.train_and_evaluate(c, str(new), stop_after_epoch=1)
+  n = N * 4 // 64                               # updates an epoch at batch 64
+  compiled = steps.CompiledSteps(c)
+  compiled.setup(n)
+  mngr = checkpoint.manager(str(new), 1)
+  state, data = checkpoint.restore(mngr, n, compiled.abstract_state)
+  mngr.close()
+  old = checkpoint.manager(str(workdir), 1)
+  checkpoint.save(old, 1, state.replace(epoch_metrics=None), data,
+                  {'val_acc1': float(tiny_run.rows(new)[0]['val_acc1'])})
+  old.close()
+  os.replace(new / 'metrics.csv', workdir / 'metrics.csv')
+  row = loop.train_and_evaluate(c, str(workdir))
+  assert row['epoch'] == 2
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['1', str(2 * n)]   # none set aside
+  tiny_run.assert_same_metrics(tiny_run.rows(workdir), tiny_run.reference(batch_size=64))

@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, run_main
 import tiny_run
 from vit_jax import exits
+from vit_jax.train import checkpoint
 
 
 def _free_port() -> int:
@@ -49,7 +50,8 @@ def test_two_processes_train_like_one_and_resume_across_processes(tmp_path):
       assert rc == 0, out[-3000:]
     assert ('resumed from' in results[0][1]) == (total == 2)
   assert 'on 2 device(s)' in results[0][1]
-  saved = json.loads((workdir / 'checkpoints' / '2' / 'data' / 'metadata').read_text())
+  saved = json.loads(open(os.path.join(checkpoint.epoch_dir(str(workdir), 2), 'data',
+                                       'metadata')).read())
   assert saved == dict(num_records=1500, global_batch=BATCH, seed=0, repeats=1)
   rows = tiny_run.rows(workdir)
   reference = tiny_run.reference(batch_size=BATCH)
@@ -121,7 +123,7 @@ def test_sigterm_to_one_or_both_processes_saves_one_step_and_resumes_exactly(tmp
   for rc, out in results:
     assert rc == 0, out[-3000:]
   # A step on an epoch boundary is that epoch's checkpoint, which the resume takes instead.
-  resumed = 'preempted at step' if at % steps else f'checkpoints at epoch {at // steps}'
+  resumed = f'checkpoints at step {at}' if at % steps else f'checkpoints at epoch {at // steps}'
   assert 'resumed from' in results[0][1] and resumed in results[0][1], results[0][1][-2000:]
   tiny_run.assert_same_metrics(tiny_run.rows(workdir),
                                tiny_run.reference(batch_size=BATCH, total_epochs=3), tol=1e-5)

@@ -121,21 +121,22 @@ def test_an_unreadable_step_that_cannot_be_set_aside_is_skipped(tmp_path, monkey
   """The step vanishes (or cannot be renamed) between the failed read and the rename."""
   workdir = str(tmp_path)
   loop.train_and_evaluate(tiny_run.config(), workdir, stop_after_epoch=2)
-  data = os.path.join(workdir, 'checkpoints', '2', 'state', 'd')
+  n = tiny_run.STEPS_PER_EPOCH                         # checkpoint steps count updates
+  data = os.path.join(workdir, 'checkpoints', str(2 * n), 'state', 'd')
   for name in os.listdir(data):
     os.truncate(os.path.join(data, name), 0)
   real_rename = os.rename
 
   def failing_rename(src, dst, *a, **k):
-    if str(src).endswith(os.path.join('checkpoints', '2')):
+    if str(src).endswith(os.path.join('checkpoints', str(2 * n))):
       raise FileNotFoundError(2, 'No such file or directory', src)
     return real_rename(src, dst, *a, **k)
   monkeypatch.setattr(os, 'rename', failing_rename)
   capsys.readouterr()
   row = loop.train_and_evaluate(tiny_run.config(total_epochs=1), workdir)
   err = capsys.readouterr().err
-  assert 'checkpoint step 2' in err and 'falling back to step 1' in err
-  assert 'could not set checkpoint step 2 aside (No such file or directory' in err
+  assert f'checkpoint step {2 * n}' in err and f'falling back to step {n}' in err
+  assert f'could not set checkpoint step {2 * n} aside (No such file or directory' in err
   assert row == {} or row['epoch'] == 1
 
 

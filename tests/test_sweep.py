@@ -225,7 +225,7 @@ def test_only_a_run_at_its_last_epoch_is_skipped(tmp_path, capsys, monkeypatch):
   root = str(tmp_path / 'sweep')
   _workdir(root, 'seed=0', [10.0, 20.0, 30.0], record=_record(0))
   _workdir(root, 'seed=1', [10.0, 20.0], record=_record(1))
-  os.makedirs(os.path.join(root, 'seed=1', 'checkpoints', 'preempted', '700'))
+  os.makedirs(os.path.join(root, 'seed=1', 'checkpoints', '700'))
   os.makedirs(os.path.join(root, 'seed=2'))
   json.dump(_record(2), open(os.path.join(root, 'seed=2', 'sweep.json'), 'w'))
   calls = []

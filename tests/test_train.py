@@ -10,6 +10,7 @@ import pytest
 
 from conftest import REPO
 from vit_jax import config_lib
+from vit_jax.train import checkpoint
 from vit_jax.train import loop
 from vit_jax.train import metrics_io
 
@@ -49,7 +50,7 @@ def test_quick_config_learns_and_writes_workdir(tmp_path):
   for r in rows:
     for k in ('train_loss', 'val_acc1', 'lr', 'l2_norm_mean'):
       assert scalars[(int(r['epoch']), k)] == pytest.approx(float(r[k]), rel=1e-6)
-  kept = {int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()}
+  kept = set(checkpoint.saved_epochs(os.path.join(workdir, 'checkpoints')))   # their epochs
   best = max(rows, key=lambda r: float(r['val_acc1']))['val_acc1']
   best_kept = [e for e in kept if rows[e - 1]['val_acc1'] == best]
   assert 12 in kept and 10 in kept and best_kept   # latest, every 10th, the best val_acc1
@@ -88,9 +89,10 @@ def test_sharded_step_equals_single_device():
 def test_training_imports_no_tensorflow(tmp_path):
   """TensorFlow (~3 s to import) is not needed to train on the embedded data or to write
   TensorBoard events; scikit-learn is not imported to read its digits either."""
-  code = ('import sys; from vit_jax.train import loop; from vit_jax.data import sources; '
-          'sources.digits("train", 16); '
-          f'w = loop.MetricWriter({str(tmp_path)!r}, True); w.write_scalars(1, {{"a": 1.0}}); '
+  code = ('import sys; from vit_jax.train import loop, metrics_io; '
+          'from vit_jax.data import sources; sources.digits("train", 16); '
+          f'w = metrics_io.MetricWriter({str(tmp_path)!r}, True); '
+          'w.write_scalars(1, {"a": 1.0}); '
           'w.close(); print(sorted(m for m in ("tensorflow", "clu", "sklearn") if m in sys.modules))')
   proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
                         timeout=300)

@@ -34,14 +34,13 @@ def export(workdir: str, out: str, spec: str = 'latest') -> str:
   num_classes = int(config.dataset.num_classes)
   hub_export.check_exportable(config.model, num_classes)
   preprocessing = pipeline.eval_preprocessing(config.dataset)
-  where = os.path.join(workdir, 'checkpoints',
-                       str(checkpoint.select_step(workdir, spec, '--checkpoint')))
+  where = checkpoint.epoch_dir(workdir, checkpoint.select_step(workdir, spec, '--checkpoint'))
   model = models.build_model(config.model, num_classes, 'float32')
   checkpoint.require_model(where, model, f'checkpoint {where!r} does not hold the model of '
                                          f'{path}')
   params = checkpoint.restore_params(where)
   return hub_export.export_timm(params, config.model.to_dict(), num_classes, out,
-                                preprocessing=preprocessing)
+                         preprocessing=preprocessing)
 
 
 def main(argv=None) -> None:

@@ -388,8 +388,9 @@ def test_export_refusals(tmp_path):
 
 def test_export_cli_from_a_workdir(tmp_path, capsys):
   """python -m vit_jax.export on a workdir laid out as training leaves it (config.json, an
-  orbax checkpoints/<epoch>/state): timm's local-dir loader gives our logits; a variant
-  timm cannot express is one error line, exit 2, and nothing is written."""
+  orbax checkpoints/<step>/state with the epoch in its metrics): timm's local-dir loader
+  gives our logits; a variant timm cannot express is one error line, exit 2, and nothing
+  is written."""
   import orbax.checkpoint as ocp
   from vit_jax import config_lib
   from vit_jax import export
@@ -400,9 +401,12 @@ def test_export_cli_from_a_workdir(tmp_path, capsys):
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   model = vit.ViT(num_classes=config.dataset.num_classes, **config.model)
   params = _random_params(model, seed=12)
+  step = workdir / 'checkpoints' / '60'        # epoch 3's checkpoint: 20 updates an epoch
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(str(workdir / 'checkpoints' / '3' / 'state'), {'params': params})
+    ckptr.save(str(step / 'state'), {'params': params})
     ckptr.wait_until_finished()
+  (step / 'metrics').mkdir()                     # as orbax writes an epoch's metrics
+  (step / 'metrics' / 'metrics').write_text(json.dumps({'epoch': 3, 'val_acc1': 50.0}))
   export.main(['--workdir', str(workdir), '--out', str(tmp_path / 'out'), '--checkpoint', '3'])
   ref = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True).eval()
   size = config.model.image_size

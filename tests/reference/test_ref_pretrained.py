@@ -25,6 +25,7 @@ from vit_jax import preflight
 from vit_jax.analysis import run as analysis
 from vit_jax.data import pipeline
 from vit_jax.models import hub_import
+from vit_jax.train import checkpoint
 from vit_jax.train import loop
 from vit_jax.train import preemption
 import tiny_run  # noqa: F401  (compiled programs cached on disk between the runs of a session)
@@ -98,19 +99,19 @@ def test_fine_tuning_starts_from_the_import_and_a_resume_from_the_workdir(tmp_pa
     for key, value in got.items():
       want = own[key] if key.startswith('head/') else imported[key]
       np.testing.assert_array_equal(value, want, err_msg=key)
-    row = run.epochs(watch, None)
+    row = run.train(watch, None)
   finally:
     watch.close()
     run.close()
   assert np.isfinite(row['train_loss']) and row['epoch'] == 1
   saved = json.loads((tmp_path / 'config.json').read_text())['model']
   assert (saved['width'], saved['depth'], saved['num_registers']) == (32, 2, 0)
-  trained = _flat(analysis.load_params(c, str(tmp_path / 'checkpoints' / '1')))
+  trained = _flat(analysis.load_params(c, checkpoint.epoch_dir(str(tmp_path), 1)))
   assert not np.allclose(trained['block_0/attn/qkv/kernel'], imported['block_0/attn/qkv/kernel'])
   c.total_epochs = 2
   run = loop.Run(c, str(tmp_path))
   try:
-    assert run.restore()[0] == 1
+    assert run.restore() == run.per_epoch       # the update that ended epoch 1
     for key, value in _flat(run.state.params).items():
       np.testing.assert_array_equal(value, trained[key], err_msg=key)
   finally:

@@ -67,7 +67,7 @@ def check(config, workdir: str) -> int | None:
                          'plots/ there', also=['plots'])
   epoch = checkpoint.select_step(workdir, config.analysis.checkpoint, 'analysis.checkpoint')
   model = models.build_model(config.model, config.dataset.num_classes, 'float32')
-  step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
+  step_dir = checkpoint.epoch_dir(workdir, epoch)
   checkpoint.require_model(step_dir, model,
                            f'checkpoint {step_dir!r} was made with another model than this config')
   checkpoint.require_weights(step_dir, config.analysis.weights, 'analysis.weights')
@@ -151,7 +151,7 @@ def summarize(config, workdir: str, epoch: int | None) -> tuple[dict, list]:
   imported = pretrained.load(config)
   if imported is not None:
     return summarize_imported(config, workdir, imported)
-  step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
+  step_dir = checkpoint.epoch_dir(workdir, epoch)
   params = load_params(config, step_dir)
   images, labels = probe_batch(config)
   results, figures = analyses.run_all(make_capture(config, params, images, labels, workdir))

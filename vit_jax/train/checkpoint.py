@@ -1,13 +1,17 @@
 """orbax checkpoints in workdir/checkpoints: train state + what fixes the data order.
 
-The data item is samplers.BatchOrder.state() (record count, global batch, seed,
-repeats): with the train state's step it says exactly where the data stream
-resumes, whatever the number of processes or loader workers.
+One manager, keyed by optimizer update (a checkpoint's step is the number of updates it
+holds): each epoch's checkpoint, whose metrics name the epoch and its val_acc1, and the
+one a SIGTERM writes mid-epoch (metrics {}). The data item is samplers.BatchOrder.state()
+(record count, global batch, seed, repeats): with the train state's step it says exactly
+where the data stream resumes, whatever the number of processes or loader workers.
 
-Kept: the latest, every `every_epochs`-th epoch, and the best by val_acc1.
-Steps are epoch numbers, so the latest step is the last finished epoch.
+Kept: the latest, every `every_epochs`-th epoch, and the best by val_acc1; orbax deletes the rest as the run saves, a mid-epoch checkpoint once a
+later one is written. Readers that choose by epoch (analysis, evaluation, export, the
+teacher) go through saved_epochs.
 """
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +20,7 @@ import threading
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
@@ -31,16 +36,40 @@ def _async_options() -> ocp.AsyncOptions:
   return ocp.AsyncOptions(create_directories_asynchronously=False)
 
 
+def _val_acc1(metrics: dict) -> float:
+  """What 'best' ranks by; a mid-epoch checkpoint (no evaluation) ranks last."""
+  return metrics.get('val_acc1', float('-inf'))
+
+
+def _epoch(metrics, step: int) -> int | None:
+  """The epoch a checkpoint ends, from its metrics; None mid-epoch (no evaluation). One
+  written before steps counted updates has no 'epoch': its step is the epoch."""
+  if not isinstance(metrics, dict) or 'val_acc1' not in metrics:
+    return None
+  return int(metrics.get('epoch', step))
+
+
+@dataclasses.dataclass
+class EveryNEpochs:
+  """orbax preservation policy: the checkpoint of every n-th epoch."""
+  n: int
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    epochs = [_epoch(c.metrics, c.step) for c in checkpoints]
+    return [e is not None and e % self.n == 0 for e in epochs]
+
+
 def manager(workdir: str, every_epochs: int, async_save: bool = True) -> ocp.CheckpointManager:
-  """Epoch checkpoints. With async_save, save() returns once the arrays are copied off the
-  devices and the files are written in the background while training goes on."""
+  """The run's checkpoints. With async_save, save() returns once the arrays are copied off
+  the devices and the files are written in the background while training goes on."""
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(1),
-      pp.EveryNSteps(every_epochs),
-      pp.BestN(get_metric_fn=lambda m: m['val_acc1'], n=1),
+      EveryNEpochs(every_epochs),
+      pp.BestN(get_metric_fn=_val_acc1, n=1),
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy,
-                                         best_fn=lambda m: m['val_acc1'], best_mode='max',
+                                         best_fn=_val_acc1, best_mode='max',
                                          enable_async_checkpointing=async_save,
                                          async_options=_async_options(),
                                          cleanup_tmp_directories=True)
@@ -48,32 +77,18 @@ def manager(workdir: str, every_epochs: int, async_save: bool = True) -> ocp.Che
                                options=options, item_names=('state', 'data'))
 
 
-def preempt_manager(workdir: str) -> ocp.CheckpointManager:
-  """checkpoints/preempted: one mid-epoch checkpoint, written on SIGTERM; steps are train
-  steps. Its saves are waited for (the process exits right after)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True,
-                                         async_options=_async_options(),
-                                         cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, 'checkpoints', PREEMPTED)), options=options,
-      item_names=('state', 'data', 'progress'))
-
-
-PREEMPTED = 'preempted'
 # id(manager) -> (step, the step before it, orbax's writer threads of that save)
 _IN_FLIGHT: dict[int, tuple] = {}
 WRITER_JOIN_S = 120   # at most this long for the writers of a failed save to stop
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
-         metrics: dict | None = None, progress: dict | None = None, wait: bool = True,
-         fault: str = 'epoch_checkpoint') -> None:
-  """Write one step (in the background unless `wait`). A failed write (a full disk) raises
-  OSError naming what is still intact, here or at the next save() / finish()."""
+def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict, metrics: dict,
+         wait: bool = True, fault: str = 'epoch_checkpoint') -> None:
+  """Write one step (in the background unless `wait`); `metrics`: an epoch's {'epoch',
+  'val_acc1'}, {} mid-epoch. A failed write (a full disk) raises OSError naming what is
+  still intact, here or at the next save() / finish()."""
   finish(mngr)
   items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
-  if progress is not None:
-    items['progress'] = ocp.args.JsonSave(progress)
   previous, before = mngr.latest_step(), set(threading.enumerate())
   try:
     mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics)
@@ -127,15 +142,30 @@ def _reason(e: BaseException) -> str:
   return f'{type(e).__name__}: {text[:200]}'
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, with_progress: bool = False):
-  """(state, data_state[, progress]) of `step`, the state in abstract_state's shapes and
-  shardings (any device count)."""
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
+  """(state, data_state) of `step`, the state in abstract_state's shapes and shardings (any
+  device count).
+
+  A checkpoint written before the state held the epoch's per-step metrics (epoch_metrics)
+  was written at an epoch's end, and the next epoch writes all of them anew: it is restored
+  with zeros there."""
+  blank = getattr(abstract_state, 'epoch_metrics', None)
+  if blank is not None and not _holds(mngr, step, 'epoch_metrics'):
+    abstract_state = abstract_state.replace(epoch_metrics=None)
   items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
-  if with_progress:
-    items['progress'] = ocp.args.JsonRestore()
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
-  out = (restored['state'], dict(restored['data']))
-  return out + (restored['progress'],) if with_progress else out
+  state = restored['state']
+  if abstract_state.epoch_metrics is None and blank is not None:
+    state = state.replace(epoch_metrics=jax.device_put(jnp.zeros(blank.shape, blank.dtype),
+                                                       blank.sharding))
+  return state, dict(restored['data'])
+
+
+def _holds(mngr: ocp.CheckpointManager, step: int, field: str) -> bool:
+  """Whether the train state saved at `step` has `field` (read from its metadata)."""
+  with _quiet():
+    meta = ocp.StandardCheckpointer().metadata(os.path.join(mngr.directory, str(step), 'state'))
+  return getattr(meta, 'item_metadata', meta).get(field) is not None
 
 
 def saved_data_state(step_dir: str) -> dict | None:
@@ -230,18 +260,31 @@ def saved_steps(folder: str) -> list[int]:
                 if d.isdigit() and os.path.isdir(os.path.join(folder, d, 'state')))
 
 
-def best_step(folder: str) -> int | None:
-  """The saved step with the highest val_acc1 (the later among equals), else the latest;
-  read from the files, so that a run writing there meanwhile is not disturbed."""
-  steps, scored = saved_steps(folder), []
-  for step in steps:
+def saved_epochs(folder: str) -> dict[int, tuple[int, float]]:
+  """{epoch: (step, val_acc1)} of the epoch checkpoints in `folder`, read from their metrics
+  files (so that a run writing there meanwhile is not disturbed). A mid-epoch checkpoint is
+  none of them; one written before steps counted updates (metrics without 'epoch') is the
+  epoch its step names."""
+  out = {}
+  for step in saved_steps(folder):
     try:
       with open(os.path.join(folder, str(step), 'metrics', 'metrics')) as f:
-        scored.append((float(json.load(f)['val_acc1']), step))
-    except (OSError, ValueError, KeyError, TypeError):
+        metrics = json.load(f)
+      epoch = _epoch(metrics, step)
+      if epoch is not None:
+        out[epoch] = (step, float(metrics['val_acc1']))
+    except (OSError, ValueError, TypeError):
       continue
+  return out
+
+
+def best_step(folder: str) -> int | None:
+  """The step of the epoch checkpoint with the highest val_acc1 (the later among equals),
+  else the latest step."""
+  scored = [(acc, step) for step, acc in saved_epochs(folder).values()]
   if scored:
     return max(scored)[1]
+  steps = saved_steps(folder)
   return steps[-1] if steps else None
 
 
@@ -250,19 +293,25 @@ def select_step(workdir: str, spec, field: str) -> int:
   (best_step) or an epoch number; one-line errors naming `field` (the analysis, the
   evaluation and the export choose their checkpoint so)."""
   folder = os.path.join(workdir, 'checkpoints')
-  steps = saved_steps(folder)
-  if not steps:
+  epochs = saved_epochs(folder)
+  if not epochs:
     raise FileNotFoundError(f'workdir {workdir!r} has no checkpoint in checkpoints/; train it '
                             'first (config.trainer=train)')
   spec = str(spec)
   if spec == 'latest':
-    return steps[-1]
+    return max(epochs)
   if spec == 'best':
-    return best_step(folder)
-  if not spec.isdigit() or int(spec) not in steps:
+    return max((acc, epoch) for epoch, (_, acc) in epochs.items())[1]
+  if not spec.isdigit() or int(spec) not in epochs:
     raise ValueError(f'{field}={spec!r}: no such checkpoint in {folder}; saved epochs: '
-                     f"{', '.join(map(str, steps))} (or 'latest', 'best')")
+                     f"{', '.join(map(str, sorted(epochs)))} (or 'latest', 'best')")
   return int(spec)
+
+
+def epoch_dir(workdir: str, epoch: int) -> str:
+  """The checkpoint folder of a saved epoch of workdir (select_step's)."""
+  folder = os.path.join(workdir, 'checkpoints')
+  return os.path.join(folder, str(saved_epochs(folder)[epoch][0]))
 
 
 def require_model(step_dir: str, model, what: str, advice: str = '') -> None:

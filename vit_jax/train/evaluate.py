@@ -45,7 +45,7 @@ def check(config, workdir: str) -> int:
   # The result files are written at the end: fail now, not after the evaluation.
   files.require_writable(workdir, 'workdir', 'evaluate writes its result there')
   epoch = checkpoint.select_step(workdir, e.checkpoint, 'evaluate.checkpoint')
-  step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
+  step_dir = checkpoint.epoch_dir(workdir, epoch)
   model = models.build_model(config.model, config.dataset.num_classes, 'float32')
   checkpoint.require_model(step_dir, model,
                            f'checkpoint {step_dir!r} was made with another model than this config')
@@ -91,7 +91,7 @@ def evaluate(config, workdir: str) -> dict:
   """Evaluate the chosen checkpoint; returns the summary written to the workdir."""
   epoch = check(config, workdir)
   e = config.evaluate
-  step_dir = os.path.join(workdir, 'checkpoints', str(epoch))
+  step_dir = checkpoint.epoch_dir(workdir, epoch)
   compiled = steps.CompiledSteps(config)
   abstract = models.abstract_params(compiled.model)
   params = jax.tree.map(lambda a, p: np.asarray(p, a.dtype), abstract,

@@ -8,8 +8,9 @@ lookup.
 
 Points: 'step' (after a train step is dispatched), 'epoch_checkpoint' (while the epoch's
 checkpoint is being written), 'metrics' (metrics.csv written aside, not yet in place),
-'epoch_end' (the epoch's checkpoint written, the preemption checkpoint not yet removed),
-'preempt_checkpoint' (while the preemption checkpoint is being written).
+'epoch_end' (the epoch's checkpoint begun, in the background; the mid-epoch checkpoint it
+overtakes not yet deleted), 'preempt_checkpoint' (while the checkpoint a SIGTERM asks for
+is being written).
 """
 import os
 import signal

@@ -23,12 +23,9 @@ def check_checkpoint(config, workdir: str) -> None:
   The newest step whose metadata reads is checked; an unreadable one is left for the
   restore to report and skip.
   """
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  folder = os.path.join(workdir, 'checkpoints')
   model = models.build_model(config.model, config.dataset.num_classes, config.dtype)
-  candidates = []
-  for folder in (os.path.join(ckpt_dir, checkpoint.PREEMPTED), ckpt_dir):
-    candidates += [(folder, s) for s in reversed(checkpoint.saved_steps(folder))]
-  for folder, step in candidates:
+  for step in reversed(checkpoint.saved_steps(folder)):
     try:
       checkpoint.saved_param_shapes(os.path.join(folder, str(step)))
     except Exception:  # unreadable: the restore warns and falls back past it

@@ -20,12 +20,16 @@ from vit_jax.train import optim
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array
+  step: jax.Array       # train steps done (grad_accum_steps of them per optimizer update)
   params: Any
   opt_state: Any
   bad_step: jax.Array   # first step whose loss or gradient was not finite; -1 if none
   # The exponential moving average of params (config.ema), None when it is off.
   ema_params: Any = None
+  # (2, train steps per epoch): the loss and top-1 of each train step of the epoch so far,
+  # which the host averages at the epoch's end; saved with the state, so a run resumed
+  # mid-epoch reports the epoch as if never stopped. None: not recorded.
+  epoch_metrics: Any = None
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -126,11 +130,15 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model, tx, conf
     is_update = (state.step + 1) % k == 0
     new_ema = ema_update(ema, params, ema_decay(config.ema, updated))
     ema = keep(jax.tree.map(lambda n, o: jnp.where(is_update, n, o), new_ema, ema), ema)
+  epoch_metrics = state.epoch_metrics
+  if epoch_metrics is not None:
+    epoch_metrics = epoch_metrics.at[:, state.step % epoch_metrics.shape[1]].set(
+        jnp.stack([loss, acc1]).astype(jnp.float32))
   new_state = TrainState(
       step=state.step + 1, params=keep(params, state.params),
       opt_state=keep(opt_state, state.opt_state),
       bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step),
-      ema_params=ema)
+      ema_params=ema, epoch_metrics=epoch_metrics)
   return new_state, {'loss': loss, 'grad_norm': grad_norm, 'acc1': acc1}
 
 
@@ -180,8 +188,9 @@ class CompiledSteps:
                            jax.device_put(teacher_params, self.replicated))
 
   def setup(self, steps_per_epoch: int, start: dict | None = None) -> TrainState:
-    """The compiled steps and the first state. `start` ({param path: array}, e.g. a
-    pretrained checkpoint's) replaces those parameters of the model's own init."""
+    """The compiled steps and the first state. `steps_per_epoch` counts optimizer updates.
+    `start` ({param path: array}, e.g. a pretrained checkpoint's) replaces those parameters
+    of the model's own init."""
     c = self.config
     self.lr_fn = optim.schedule(c.optim, c.batch_size, steps_per_epoch, c.total_epochs)
     self.tx = optim.build(c.optim, self.lr_fn)
@@ -199,7 +208,8 @@ class CompiledSteps:
         params = flax.traverse_util.unflatten_dict(flat, sep='/')
       return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                         opt_state=self.tx.init(params), bad_step=jnp.full((), -1, jnp.int32),
-                        ema_params=jax.tree.map(jnp.copy, params) if self.use_ema else None)
+                        ema_params=jax.tree.map(jnp.copy, params) if self.use_ema else None,
+                        epoch_metrics=jnp.zeros((2, steps_per_epoch * self.accum), jnp.float32))
 
     abstract = jax.eval_shape(init, self.init_rng, start)
     self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
