@@ -226,3 +226,15 @@ def test_full_disk_leaves_no_writer_thread_and_no_tmp_folder(tmp_path, monkeypat
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']
   mngr.close()
 
+
+def test_a_sigterm_during_the_start_up_exits_75_in_one_line(tmp_path):
+  """SIGTERM after the checks, before any work (faults point 'start'): the preemption exit,
+  one line, nothing trained, the lock given back; the same command then runs."""
+  workdir = tmp_path / 'run'
+  args = tiny_run.args(workdir, batch_size=64, total_epochs=1)
+  proc = run_main(args, env=dict(tiny_run.ENV, VIT_JAX_FAULT='start:1:TERM'))
+  assert proc.returncode == EXIT_PREEMPTED, (proc.returncode, proc.stderr[-3000:])
+  assert proc.stderr.splitlines() == [proc.stderr.splitlines()[0]]
+  assert proc.stderr.startswith('preempted: SIGTERM during the start-up, before any work; ')
+  assert not (workdir / 'checkpoints').exists() and not (workdir / 'run.lock').exists()
+  assert run_main(args, env=tiny_run.ENV).returncode == 0

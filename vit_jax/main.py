@@ -3,6 +3,11 @@ import os
 import re
 import sys
 
+from vit_jax import exits
+
+if __name__ == '__main__':   # before the slow imports: a SIGTERM from here on is noted
+  exits.SIGTERM.install()
+
 # TensorFlow is imported only for TensorBoard writing; keep its start-up quiet.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
@@ -14,11 +19,11 @@ import jax
 from ml_collections import config_flags
 
 from vit_jax import distributed
-from vit_jax import exits
 from vit_jax import preflight
 from vit_jax import runlock
 from vit_jax import trainers
 from vit_jax.models import pretrained
+from vit_jax.train import faults
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].', lock_config=True)
@@ -76,6 +81,7 @@ def main(argv):
   except (ValueError, OSError) as e:   # OSError: the lock cannot be written (a full disk)
     sys.exit(f'error: {e}')
   logging.info('JAX devices: %s', jax.devices())
+  faults.point('start')
   try:
     dispatch(config)
   finally:
@@ -107,11 +113,24 @@ def take_lock(config, workdir: str):
   return runlock.RunLock(workdir, config.run_lock.lease_s, config.run_lock.renew_s).acquire()
 
 
+def end_of_start_up(entry) -> None:
+  """A SIGTERM that came during the start-up stops the job here, before any work. From here
+  on a trainer that acts on it (the training loop, at its next step) keeps the flag; any
+  other gets SIGTERM's default back."""
+  if exits.SIGTERM.requested:
+    raise exits.Preempted(f'preempted: SIGTERM during the start-up, before any work'
+                          f'{exits.SIGTERM.since()}; nothing was trained; run the same command '
+                          'to resume')
+  if not entry.preemptible and jax.process_count() == 1:
+    exits.SIGTERM.uninstall()
+
+
 def dispatch(config):
   """Run config.trainer; its bad-input errors become one line (exit 2), a preemption
   exit 75 (vit_jax/exits.py)."""
   spec = trainers.get(config.trainer)
   try:
+    end_of_start_up(spec)
     trainers.function(spec.run)(config, FLAGS.workdir)
   except spec.errors as e:
     sys.exit(f'error: {e}')

@@ -2,10 +2,10 @@
 
 Each entry says which function runs it, which function checks its config and
 workdir before any work, whether it writes the workdir (and so holds its run lock),
-whether its config is a ViT config (and so gets the ViT checks of preflight), and
-which exceptions are bad input (one `error:` line, exit 2) rather than crashes.
-Functions are named as 'module:function' and imported only when used, so that
-looking a trainer up costs nothing.
+whether its config is a ViT config (and so gets the ViT checks of preflight), whether it
+acts on SIGTERM (a checkpoint and exit 75), and which exceptions are bad input (one
+`error:` line, exit 2) rather than crashes. Functions are named as 'module:function' and
+imported only when used, so that looking a trainer up costs nothing.
 """
 import dataclasses
 import importlib
@@ -18,12 +18,15 @@ class Entry:
   check: str = ''                # 'module:function', called as f(config, workdir) by preflight
   writes_workdir: bool = True    # holds workdir/run.lock while it runs
   vit_config: bool = True        # a config built on config_lib.base()
+  # Acts on SIGTERM: a checkpoint at its next step, exit 75 (vit_jax/exits.py); any other
+  # trainer ends as SIGTERM ends a process.
+  preemptible: bool = False
   errors: tuple = (ValueError, FileNotFoundError)
 
 
 TRAINERS = {
     'train': Entry('vit_jax.train.loop:train_and_evaluate', check='vit_jax.train.resume:check',
-                   errors=(FloatingPointError, OSError, ValueError)),
+                   preemptible=True, errors=(FloatingPointError, OSError, ValueError)),
     # Only reads a workdir, so it may run beside the training that writes it (with
     # init.source it analyses an imported model and the workdir is only its output).
     'analyze': Entry('vit_jax.analysis.run:analyze', check='vit_jax.analysis.run:check',

@@ -10,12 +10,12 @@ Points: 'step' (after a train step is dispatched), 'epoch_checkpoint' (while the
 checkpoint is being written), 'metrics' (metrics.csv written aside, not yet in place),
 'epoch_end' (the epoch's checkpoint begun, in the background; the mid-epoch checkpoint it
 overtakes not yet deleted), 'preempt_checkpoint' (while the checkpoint a SIGTERM asks for
-is being written).
+is being written), 'start' (main's start-up, after the checks, before any work).
 """
 import os
 import signal
 
-POINTS = ('step', 'epoch_checkpoint', 'metrics', 'epoch_end', 'preempt_checkpoint')
+POINTS = ('step', 'epoch_checkpoint', 'metrics', 'epoch_end', 'preempt_checkpoint', 'start')
 _hits: dict[str, int] = {}
 
 
