@@ -227,6 +227,22 @@ def test_full_disk_leaves_no_writer_thread_and_no_tmp_folder(tmp_path, monkeypat
   mngr.close()
 
 
+def test_full_disk_at_a_save_is_one_line_from_the_cli(tmp_path):
+  """Every write into epoch 2's checkpoint fails as on a full disk (tests/full_disk.py): the
+  run's whole stderr is the one line naming the step and what is intact (not orbax's
+  hundreds of lines of tracebacks from its threads), exit 2, no half-written folder."""
+  workdir = tmp_path / 'run'
+  proc = subprocess.run([sys.executable, 'tests/full_disk.py', 'checkpoints/46.orbax', '-m',
+                         'vit_jax.main', *tiny_run.args(workdir, batch_size=64)], cwd=REPO,
+                        capture_output=True, text=True, env=dict(os.environ, **tiny_run.ENV),
+                        timeout=600)
+  assert proc.returncode == EXIT_ERROR, proc.stderr[-3000:]
+  assert proc.stderr.splitlines() == [
+      f'error: could not write checkpoint step 46 to {workdir}/checkpoints (No space left on '
+      f'device); step 23 in {workdir}/checkpoints is intact'], proc.stderr[-3000:]
+  assert os.listdir(workdir / 'checkpoints') == ['23']
+
+
 def test_a_sigterm_during_the_start_up_exits_75_in_one_line(tmp_path):
   """SIGTERM after the checks, before any work (faults point 'start'): the preemption exit,
   one line, nothing trained, the lock given back; the same command then runs."""

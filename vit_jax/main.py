@@ -1,7 +1,9 @@
 """Entry point: python -m vit_jax.main --config configs/register.py[:quick] --workdir DIR."""
+import logging as python_logging
 import os
 import re
 import sys
+import threading
 
 from vit_jax import exits
 
@@ -63,11 +65,34 @@ def parse_flags(argv):
     sys.exit(f'error: {_one_line(e)}')
 
 
+def quiet_library_errors() -> None:
+  """A failed save (a full disk) is reported by each of orbax's threads, hundreds of lines of
+  tracebacks, before the run's one `error:` line says what failed and what is intact. Without
+  --verbosity they are left out: orbax's log records below CRITICAL, the exceptions its
+  threads end with, and the exceptions Python ignores in threads it did not start
+  (tensorstore's callbacks into a closed event loop); a crash of the main thread, or of any
+  other thread, still shows."""
+  orbax = f'{os.sep}orbax{os.sep}'
+  logging.get_absl_handler().addFilter(
+      lambda record: orbax not in record.pathname or record.levelno >= python_logging.CRITICAL)
+  thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
+
+  def thread_excepthook(args):
+    if not type(args.thread).__module__.startswith('orbax.'):
+      thread_hook(args)
+
+  def unraisablehook(args):
+    if not isinstance(threading.current_thread(), threading._DummyThread):
+      unraisable_hook(args)
+  threading.excepthook, sys.unraisablehook = thread_excepthook, unraisablehook
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}; use --config.key=value for overrides')
   if not FLAGS['verbosity'].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
+    quiet_library_errors()
   config = FLAGS.config
   # With init.source, preprocessing fields set on the command line stay the config's.
   pretrained.keep_command_line(config, config_flags.get_override_values(FLAGS['config']))

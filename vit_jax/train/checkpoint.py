@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 
 from absl import logging
 import jax
@@ -79,7 +80,11 @@ def manager(workdir: str, every_epochs: int, async_save: bool = True) -> ocp.Che
 
 # id(manager) -> (step, the step before it, orbax's writer threads of that save)
 _IN_FLIGHT: dict[int, tuple] = {}
+_FAILED: dict[int, set] = {}      # id(manager) -> steps whose save failed
 WRITER_JOIN_S = 120   # at most this long for the writers of a failed save to stop
+# After a failed save, how long its folder must stay gone: tensorstore's writers (C++
+# threads, which nothing here can join) re-make the folders they write to.
+SETTLE_S = 1.0
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict, metrics: dict,
@@ -110,6 +115,35 @@ def finish(mngr: ocp.CheckpointManager) -> None:
   _IN_FLIGHT.pop(id(mngr), None)
 
 
+def close(mngr: ocp.CheckpointManager) -> None:
+  """Close the manager; a save that failed was reported by finish(), which orbax would
+  raise again here. Its folder is removed once more: tensorstore's writers (not Python
+  threads, so not joined) may have re-made it after the first removal."""
+  try:
+    mngr.close()
+  except Exception:  # the same failure, already one line
+    pass
+  for step in _FAILED.pop(id(mngr), ()):
+    _remove_unfinished(mngr, step, settle_s=SETTLE_S)
+
+
+def _remove_unfinished(mngr: ocp.CheckpointManager, step, settle_s: float = 0.0) -> None:
+  """Free what a half-written step took (process 0: the folder is shared). With settle_s:
+  again, until no writer has re-made it for that long (at most WRITER_JOIN_S)."""
+  if jax.process_index() != 0:
+    return
+  start = quiet_since = time.monotonic()
+  while True:
+    found = [n for n in os.listdir(mngr.directory) if n.startswith(f'{step}.orbax-checkpoint-tmp')]
+    for name in found:
+      shutil.rmtree(os.path.join(mngr.directory, name), ignore_errors=True)
+    now = time.monotonic()
+    quiet_since = now if found else quiet_since
+    if now - quiet_since >= settle_s or now - start > WRITER_JOIN_S:
+      return
+    time.sleep(0.05)
+
+
 def _writers(before: set) -> list:
   """orbax's writer threads started since `before`: one per item (and per array chunk)."""
   return [t for t in threading.enumerate()
@@ -123,10 +157,8 @@ def _failed(mngr: ocp.CheckpointManager, e: BaseException):
   # *.orbax-checkpoint-tmp folder behind (they re-make the folders they write to).
   for t in writers:
     threading.Thread.join(t, WRITER_JOIN_S)   # orbax's own join() re-raises their errors
-  if jax.process_index() == 0:   # free what the half-written step took
-    for name in os.listdir(mngr.directory):
-      if name.startswith(f'{step}.orbax-checkpoint-tmp'):
-        shutil.rmtree(os.path.join(mngr.directory, name), ignore_errors=True)
+  _remove_unfinished(mngr, step)
+  _FAILED.setdefault(id(mngr), set()).add(step)
   kept = f'step {previous} in {mngr.directory} is intact' if previous is not None else (
       f'no earlier checkpoint in {mngr.directory}')
   raise OSError(f'could not write checkpoint step {step} to {mngr.directory} '

@@ -225,7 +225,7 @@ class Run:
     try:
       checkpoint.finish(self.mngr)
     finally:
-      self.mngr.close()
+      checkpoint.close(self.mngr)
 
 
 class Clock:
