@@ -28,3 +28,14 @@ def run_main(args, env=None, timeout=600):
   full_env = dict(os.environ, **(env or {}))
   return subprocess.run([sys.executable, '-m', 'vit_jax.main', *args], cwd=REPO,
                         capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def snapshot(workdir) -> dict:
+  """{path under workdir: sha256} of every file: what a refused command must leave as it was."""
+  import hashlib
+  out = {}
+  for root, _, names in os.walk(workdir):
+    for name in names:
+      path = os.path.join(root, name)
+      out[os.path.relpath(path, workdir)] = hashlib.sha256(open(path, 'rb').read()).hexdigest()
+  return out

@@ -4,7 +4,6 @@ SIGKILL, SIGTERM, a corrupt checkpoint, non-finite steps, an incompatible
 resume, a workdir that cannot be written and a disk that fills up.
 """
 import errno
-import hashlib
 import os
 import re
 import signal
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, run_main
+from conftest import REPO, run_main, snapshot
 import tiny_run
 from vit_jax.train import checkpoint
 from vit_jax.train import loop
@@ -38,15 +37,6 @@ def _wait_for(path, proc, timeout=300):
     assert proc.poll() is None, proc.stdout.read()
     assert time.time() < end, f'{path} never appeared'
     time.sleep(0.05)
-
-
-def _snapshot(workdir) -> dict:
-  out = {}
-  for root, _, files in os.walk(workdir):
-    for f in files:
-      path = os.path.join(root, f)
-      out[os.path.relpath(path, workdir)] = hashlib.sha256(open(path, 'rb').read()).hexdigest()
-  return out
 
 
 def test_sigkill_mid_epoch_then_autorestart_completes_exactly(tmp_path):
@@ -113,7 +103,7 @@ def test_nonfinite_step_stops_naming_it_and_keeps_the_last_checkpoint(tmp_path):
   c = tiny_run.config()
   workdir = str(tmp_path)
   loop.train_and_evaluate(c, workdir, stop_after_epoch=1)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
 
   c.optim.update(lr=1e30, warmup_lr=1e30)      # the first update overflows the params
   n = tiny_run.STEPS_PER_EPOCH
@@ -121,7 +111,7 @@ def test_nonfinite_step_stops_naming_it_and_keeps_the_last_checkpoint(tmp_path):
     loop.train_and_evaluate(c, workdir)
   step = int(re.search(r'at step (\d+)', str(e.value)).group(1))
   assert n < step < 2 * n                      # in epoch 2, after the overflowing update
-  assert _snapshot(workdir)['metrics.csv'] == before['metrics.csv']
+  assert snapshot(workdir)['metrics.csv'] == before['metrics.csv']
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(n)]   # epoch 1's
 
   # Resuming with another model shape: refused before anything is written.
@@ -133,13 +123,13 @@ def test_nonfinite_step_stops_naming_it_and_keeps_the_last_checkpoint(tmp_path):
 def test_incompatible_resume_is_one_line_and_touches_nothing(tmp_path):
   workdir = tmp_path / 'run'
   loop.train_and_evaluate(tiny_run.config(), str(workdir), stop_after_epoch=1)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   proc = run_main(tiny_run.args(workdir, **{'model.width': 48}), env=tiny_run.ENV)
   assert proc.returncode == EXIT_ERROR
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: ') and 'different model' in lines[0]
   assert "48" in lines[0].split("in the checkpoint")[1]   # the config's shape
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 @pytest.fixture

@@ -44,8 +44,10 @@ BATCH = 64   # global: 32 rows per process, 23 steps per epoch
 
 def test_two_processes_train_like_one_and_resume_across_processes(tmp_path):
   workdir = tmp_path / 'run'
-  for total in (1, 2):          # the second launch restores the first one's checkpoint
-    results = _launch(workdir, 2, total_epochs=total, batch_size=BATCH)
+  # A run of 2 epochs (schedule_epochs) whose first launch stops after epoch 1; the second
+  # launch restores its checkpoint.
+  for total in (1, 2):
+    results = _launch(workdir, 2, total_epochs=total, schedule_epochs=2, batch_size=BATCH)
     for rc, out in results:
       assert rc == 0, out[-3000:]
     assert ('resumed from' in results[0][1]) == (total == 2)
@@ -69,14 +71,16 @@ def test_a_checkpoint_resumes_on_another_topology(tmp_path, first, then):
   device nor the process count), so both epochs equal an uninterrupted one-process run's
   (within 1e-5: data-parallel sums over other device counts round differently)."""
   workdir = tmp_path / 'run'
-  for topology, total in ((first, 1), (then, 2)):
+  for topology, total in ((first, 1), (then, 2)):   # a 2-epoch schedule, in two launches
     if topology.endswith('processes'):
-      results = _launch(workdir, int(topology[0]), total_epochs=total, batch_size=BATCH)
+      results = _launch(workdir, int(topology[0]), total_epochs=total, schedule_epochs=2,
+                        batch_size=BATCH)
     else:
       env = dict(tiny_run.ENV)
       if topology == '4 devices':
         env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
-      proc = run_main(tiny_run.args(workdir, total_epochs=total, batch_size=BATCH), env=env)
+      proc = run_main(tiny_run.args(workdir, total_epochs=total, schedule_epochs=2,
+                                    batch_size=BATCH), env=env)
       results = [(proc.returncode, proc.stdout + proc.stderr)]
     for rc, out in results:
       assert rc == 0, out[-3000:]

@@ -65,8 +65,39 @@ def check_choices(config, choices) -> None:
       raise ValueError(f'{name}={field(config, name)!r} is not one of {tuple(allowed)}')
 
 
+# The fields a resumed run may change: where and how fast it runs, how it is logged,
+# evaluated and analysed. Any other field of the workdir's config.json must stay as it was
+# trained (train/resume.py), total_epochs too unless schedule_epochs keeps the
+# schedule (an extension). A name covers the fields below it.
+RESUMABLE = ('trainer', 'total_epochs', 'eval_batch_size', 'checkpoint_every_epochs',
+             'checkpoint_async', 'steps_in_flight', 'compilation_cache_dir', 'run_lock',
+             'log_every_steps', 'start_over', 'distributed', 'dataset.workers',
+             'dataset.data_dir', 'dataset.eval_crop_ratio', 'model.attention_impl', 'probe',
+             'analysis', 'evaluate')
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def trained(fields: dict) -> dict:
+  """{dotted field: value} of a config as JSON (config.json) that fix what a run trains, the
+  schedule's length (schedule_epochs) as it is in effect."""
+  flat = _flat(fields)
+  flat['schedule_epochs'] = flat.get('schedule_epochs') or flat['total_epochs']
+  return {k: v for k, v in flat.items()
+          if not any(k == r or k.startswith(r + '.') for r in RESUMABLE)}
+
+
 # The fields of a run that are neither model nor data nor recipe, with their ranges.
-RANGES = (('total_epochs', 1, 10**6), ('checkpoint_every_epochs', 1, 10**6),
+RANGES = (('total_epochs', 1, 10**6), ('schedule_epochs', 0, 10**6),
+          ('checkpoint_every_epochs', 1, 10**6),
           ('log_every_steps', 0, 10**9))
 
 
@@ -91,6 +122,11 @@ def base() -> ml_collections.ConfigDict:
   c.trainer = 'train'               # what main runs: a name in vit_jax/trainers.py
   c.seed = 0
   c.total_epochs = 100
+  # The epochs the learning-rate schedule spans; 0 = total_epochs. Set below total_epochs,
+  # the epochs past it train at the schedule's end (optim.min_lr), as timm's cooldown
+  # epochs: how a finished run is extended without changing the schedule it was trained
+  # on (ours; README, "Extending a run").
+  c.schedule_epochs = 0
   c.batch_size = 256                # global, over all devices and processes
   c.eval_batch_size = 256
   c.dtype = 'float32'               # compute dtype; params stay float32
@@ -108,6 +144,9 @@ def base() -> ml_collections.ConfigDict:
   # of this many micro-batches of batch_size / grad_accum_steps; batch_size stays the global
   # batch of one update (and the lr scaling and schedule count updates). 1 = off.
   c.grad_accum_steps = 1
+  # True: a workdir whose checkpoints were all set aside as unreadable (STEP.unreadable)
+  # trains again from epoch 1; without it such a workdir is refused (train/resume.py).
+  c.start_over = False
   # EMA of the weights (DeiT's --model-ema, timm's ModelEmaV3), updated after every
   # optimizer update and evaluated beside the raw weights each epoch. decay 0 = off
   # (DeiT-III's recipes as run here; DeiT's main.py: on, 0.99996). warmup: timm's

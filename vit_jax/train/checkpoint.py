@@ -222,13 +222,14 @@ def data_mismatch(saved: dict | None, current: dict) -> str | None:
   return None
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, start_over: bool = False):
   """(step, state, data_state) of the newest checkpoint that reads back; (0, None, None)
   if there is none.
 
   An unreadable step (a truncated or half-copied file) gets one warning line and
   is renamed to STEP.unreadable, so that the run falls back to the step before
-  it and can later write that step number again.
+  it and can later write that step number again. When none reads back the run stops,
+  unless `start_over` (config.start_over) says to train again from the start.
   """
   steps = sorted(mngr.all_steps(), reverse=True)
   for step in steps:
@@ -240,9 +241,10 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
             f'({_reason(e)}); falling back to ' + (f'step {max(older)}' if older else 'none'),
             file=sys.stderr, flush=True)
       _set_aside(mngr, step)
-  if steps:
-    raise OSError(f'no checkpoint in {mngr.directory} reads back; move the folder away to '
-                  'start afresh')
+  if steps and not start_over:
+    raise OSError(f'no checkpoint in {mngr.directory} reads back (each is set aside as '
+                  'STEP.unreadable); to train again from epoch 1 run the same command with '
+                  '--config.start_over=True, or use a new --workdir')
   return 0, None, None
 
 

@@ -67,8 +67,8 @@ class Run:
 
   def restore(self) -> int:
     """The update this invocation starts at: that of the newest readable checkpoint, or 0."""
-    _, restored, data_state = checkpoint.restore_latest(self.mngr,
-                                                        self.compiled.abstract_state)
+    _, restored, data_state = checkpoint.restore_latest(
+        self.mngr, self.compiled.abstract_state, self.config.start_over)
     if restored is None:
       if self.imported is not None and self.is_main:
         print(f'starting from the parameters of {self.imported.source!r}; '
@@ -191,6 +191,9 @@ class Run:
     clock = Clock(time.perf_counter())    # an epoch's time runs from the previous one's end
     self.progress = Progress(self, clock.t0)
     data, pending, unreadable, row = self.updates(start), [], [], {}
+    if start >= self.total and self.is_main:
+      print(f'workdir {self.workdir!r} has trained all its {self.config.total_epochs} epochs; '
+            'nothing to do (README, "Extending a run")', flush=True)
     for update in range(start, self.total):
       if watch.reached(update):
         self.stop(update, start, watch)

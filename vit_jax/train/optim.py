@@ -107,6 +107,11 @@ def schedule(cfg: ml_collections.ConfigDict, batch_size: int, steps_per_epoch: i
                                 total=total_epochs, warmup=cfg.warmup_epochs, **shape)
 
 
+def schedule_epochs(config) -> int:
+  """The epochs the schedule spans: schedule_epochs, or total_epochs when it is 0."""
+  return config.schedule_epochs or config.total_epochs
+
+
 def lamb(lr, b1, b2, eps, weight_decay, mask) -> optax.GradientTransformation:
   """LAMB with both the decay and the trust ratio restricted to `mask`."""
   return optax.chain(

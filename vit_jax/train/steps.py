@@ -192,7 +192,8 @@ class CompiledSteps:
     `start` ({param path: array}, e.g. a pretrained checkpoint's) replaces those parameters
     of the model's own init."""
     c = self.config
-    self.lr_fn = optim.schedule(c.optim, c.batch_size, steps_per_epoch, c.total_epochs)
+    self.lr_fn = optim.schedule(c.optim, c.batch_size, steps_per_epoch,
+                                optim.schedule_epochs(c))
     self.tx = optim.build(c.optim, self.lr_fn)
     self.accum = c.grad_accum_steps
     if self.accum > 1:   # the schedule counts optimizer updates: MultiSteps' inner state
