@@ -1,4 +1,6 @@
 """bench peer's summary and its torch side's 3-Augment (the full runs are the benchmark)."""
+import json
+
 import numpy as np
 from PIL import Image
 import pytest
@@ -41,3 +43,16 @@ def test_three_augment_is_one_of_its_ops():
       assert np.abs(out - a).mean() > 0 and out.shape == a.shape   # a blur changes it
       seen.add('blur')
   assert seen == {'grey', 'solarize', 'blur'}
+
+
+def test_finished_rounds_are_read_back_only_for_the_same_recipe(tmp_path):
+  path = str(tmp_path / 'peer.json')
+  now = {'config': 'vanilla:fmnist', 'total_epochs': 20}
+  assert peer.finished_rounds(path, now) == {}                       # no file yet
+  timm = {'val_acc1': [70.0], 'epoch_s': [60.0], 'images_per_epoch': 59968}
+  with open(path, 'w') as f:
+    json.dump(dict(now, rounds=[{'seed': 0, 'ours': {}, 'timm': timm},
+                                {'seed': 1, 'ours': {}}]), f)      # round 1 stopped mid-way
+  assert peer.finished_rounds(path, now) == {0: timm}
+  assert peer.finished_rounds(path, dict(now, total_epochs=10)) == {}
+  assert peer.finished_rounds('', now) == {}

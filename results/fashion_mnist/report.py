@@ -30,9 +30,15 @@ def read_run(path: str) -> dict:
   if os.path.exists(os.path.join(path, 'run.json')):   # run_all.py: wall time, machine load
     with open(os.path.join(path, 'run.json')) as f:
       info = json.load(f)
-  wall = info.get('wall_s') or sum(float(r['epoch_time_s']) for r in rows)
+  train_s = sum(float(r['epoch_time_s']) for r in rows)
+  log = os.path.join(path, 'train.log')
+  resumed = os.path.exists(log) and 'resumed from' in open(log).read()
+  # run.json's wall time is the last sweep call's: for a run resumed after a kill it
+  # covers the resumed part only, so the training time summed over epochs is kept too.
+  wall = None if resumed else info.get('wall_s')
   return {'seed': int(re.search(r'seed=(\d+)', path).group(1)), 'best': max(acc),
-          'final': acc[-1], 'epochs': len(acc), 'wall_min': wall / 60,
+          'final': acc[-1], 'epochs': len(acc), 'train_min': train_s / 60,
+          'wall_min': None if wall is None else wall / 60, 'resumed': resumed,
           'load': info.get('load_avg'),
           'images_per_s': float(np.median([float(r['images_per_s']) for r in rows]))}
 
@@ -68,6 +74,15 @@ def fmt(s: dict) -> str:
   return f"{s['mean']:.2f} ± {s['std']:.2f}"
 
 
+def minutes(r: dict) -> str:
+  """'13.2 (14.9, load 1.1-2.3)': epochs' training time, then the run's wall time and the
+  load average at its start / end (above ~2 the 2-core machine was shared), or 'resumed'."""
+  if r['wall_min'] is None:
+    return f"{r['train_min']:.1f} (resumed)" if r['resumed'] else f"{r['train_min']:.1f}"
+  load = f", load {r['load'][0]:.1f}-{r['load'][1]:.1f}" if r['load'] else ''
+  return f"{r['train_min']:.1f} ({r['wall_min']:.1f}{load})"
+
+
 def verdict(w: dict) -> str:
   if w['t'] is None:
     return 'too few seeds'
@@ -77,7 +92,8 @@ def verdict(w: dict) -> str:
 
 
 def table(study: str, names: list[str], base: str) -> tuple[list[str], dict]:
-  lines = ['| run | n | best top-1 (%) | final top-1 (%) | seeds (best) | minutes per run '
+  lines = ['| run | n | best top-1 (%) | final top-1 (%) | seeds (best) | training minutes '
+           '(wall, load avg) per seed '
            f'| best vs {base}: difference, Welch t |', '|---|---|---|---|---|---|---|']
   out = {}
   ref = [r['best'] for r in runs(study, base)]
@@ -86,14 +102,17 @@ def table(study: str, names: list[str], base: str) -> tuple[list[str], dict]:
     best, final = stats([r['best'] for r in rs]), stats([r['final'] for r in rs])
     w = welch(ref, best['values']) if name != base else None
     out[name] = {'best': best, 'final': final, 'vs_base': w,
-                 'wall_min': [round(r['wall_min'], 1) for r in rs],
+                 'train_min': [round(r['train_min'], 1) for r in rs],
+                 'wall_min': [None if r['wall_min'] is None else round(r['wall_min'], 1)
+                              for r in rs],
+                 'load_avg': [r['load'] for r in rs],
                  'seeds': [r['seed'] for r in rs]}
     cmp = '-' if w is None or w['diff'] is None else (
         f"{w['diff']:+.2f}" + (f", t = {w['t']:.2f} ({verdict(w)})" if w['t'] is not None
                                else ' (too few seeds)'))
     lines.append(f"| {name} | {best['n']} | {fmt(best)} | {fmt(final)} | "
                  f"{', '.join(f'{v:.2f}' for v in best['values'])} | "
-                 f"{', '.join(f'{m:.1f}' for m in out[name]['wall_min'])} | {cmp} |")
+                 f"{'; '.join(minutes(r) for r in rs)} | {cmp} |")
   return lines, out
 
 

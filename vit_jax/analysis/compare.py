@@ -32,12 +32,20 @@ QUANTITIES = {
     'l2_norm_max': ('largest patch-token norm in the residual stream', 'L2 norm'),
     'l2_outlier_ratio': ('share of outlier (high-norm) patch tokens (probe rule)', '0-1'),
     'max_over_median': ('largest / median patch-token norm', 'ratio'),
+    'flat_outliers': ('share of the high-norm patch tokens on flat (background) patches',
+                      '0-1'),
+    'flat_base': ('share of all patch tokens on flat patches (flat_outliers\' base rate)',
+                  '0-1'),
     'norm_cls': ('cls token norm in the residual stream', 'L2 norm'),
     'norm_register_max': ('largest register norm in the residual stream', 'L2 norm'),
     'norm_patch_median': ('median patch-token norm in the residual stream', 'L2 norm'),
     'act_max_abs': ('largest |activation| of the residual stream', 'absolute value'),
     'outlier_kurtosis': ('kurtosis of the activations over channels', 'Pearson'),
 }
+
+# Quantities that analysis.json writes for every model (as 0) but that only a model with
+# registers has: left out where the runs have no register norms.
+NEEDS_REGISTERS = ('register_share',)
 
 
 def load(workdir: str) -> dict | None:
@@ -62,9 +70,11 @@ def per_layer(paths: list[str]) -> dict:
   out = {}
   for variant, runs in groups.items():
     entry = {'n': len(runs), 'runs': [name for name, _ in runs]}
+    registers = all(row.get('norm_register_max') is not None for _, l in runs for row in l)
     for key in QUANTITIES:
       values = [[row.get(key) for row in layers] for _, layers in runs]
-      if any(v is None for run in values for v in run):
+      if any(v is None for run in values for v in run) or (
+          key in NEEDS_REGISTERS and not registers):
         continue                                  # the variant has no such quantity
       a = np.asarray(values, np.float64)          # (seeds, blocks)
       entry[key] = {'mean': a.mean(0).tolist(),

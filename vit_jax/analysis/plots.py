@@ -131,10 +131,10 @@ def attention_maps(images: np.ndarray, maps: np.ndarray, titles: list, quantity:
       im = axes[i, j + 1].imshow(maps[i, j].reshape(side, side), cmap='viridis', vmin=0,
                                  vmax=vmax, interpolation='nearest')
       _bare(axes[i, j + 1], titles[j] if i == 0 else None)
-  bar = fig.colorbar(im, ax=axes, shrink=0.9, label=quantity)
+  # The uniform level: a red line on the bar, named in the bar's label (a text beside the
+  # bar ran into the label on narrow figures).
+  bar = fig.colorbar(im, ax=axes, shrink=0.9, label=f'{quantity}\n(red line: {uniform_label})')
   bar.ax.axhline(uniform, color='tab:red', lw=1.5)
-  bar.ax.text(1.02, uniform, f' {uniform_label}', color='tab:red', fontsize=7, va='center',
-              transform=bar.ax.get_yaxis_transform())
   return fig
 
 
@@ -201,13 +201,15 @@ def gates(gate_rows: list[dict]):
   return fig
 
 
-def sinks(attn_rows: list[dict], act_rows: list[dict]):
-  """Per block: attention mass on the most-attended token, on cls, on registers; the
-  largest |x| of the residual stream; its ratio to the median |x| (one quantity per axis)."""
+def sinks(attn_rows: list[dict], act_rows: list[dict], registers: bool = True):
+  """Per block: attention mass on the most-attended token, on cls, on registers (only
+  where the model has them); the largest |x| of the residual stream; its ratio to the
+  median |x| (one quantity per axis)."""
   blocks = np.arange(1, len(attn_rows) + 1)
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), layout='constrained')
-  for key, label in (('sink_share', 'most-attended token'), ('cls_share', 'cls'),
-                     ('register_share', 'registers'), ('row_peak', 'mean row peak')):
+  lines = (('sink_share', 'most-attended token'), ('cls_share', 'cls'),
+           ('register_share', 'registers'), ('row_peak', 'mean row peak'))
+  for key, label in (l for l in lines if registers or l[0] != 'register_share'):
     axes[0].plot(blocks, [r[key] for r in attn_rows], 'o-', label=label)
   axes[0].set_ylim(0, 1)
   axes[0].set_xlabel('block')

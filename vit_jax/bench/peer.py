@@ -190,15 +190,29 @@ def run(save=lambda results: None) -> dict:
   fm.check_files(c.dataset.data_dir)
   results = {'config': _CONFIG.value, 'total_epochs': c.total_epochs, 'rounds': [],
              'cpu': _cpu_name(), 'cpu_count': os.cpu_count()}
+  done = finished_rounds(flags.FLAGS['out'].value if 'out' in flags.FLAGS else '', results)
   for seed in (int(s) for s in _SEEDS.value):
     r = {'seed': seed, 'ours': ours(name, arg, c, seed)}
     results['rounds'].append(r)
     save(results)
-    r['timm'] = timm_side(c, seed)
+    r['timm'] = done[seed] if seed in done else timm_side(c, seed)
     results['summary'] = summary(results['rounds'])
     save(results)
     print(json.dumps(results['summary'], indent=1), flush=True)
   return results
+
+
+def finished_rounds(path: str, results: dict) -> dict:
+  """seed -> the timm side already in `path` (--out) from an earlier call with the same
+  recipe, so a stopped benchmark goes on from its round (a timm round takes ~20 CPU min)."""
+  if not path or not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    old = json.load(f)
+  if (old.get('config'), old.get('total_epochs')) != (results['config'],
+                                                       results['total_epochs']):
+    return {}
+  return {r['seed']: r['timm'] for r in old.get('rounds', []) if 'timm' in r}
 
 
 def _cpu_name() -> str:
