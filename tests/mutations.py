@@ -87,7 +87,7 @@ MUTATIONS = (
         ('x = x + token(\'pos_embedding\', n_special + n_patches).astype(x.dtype)',
          'x = x + token(\'pos_embedding\', n_special + n_patches).astype(x.dtype)[:, ::-1]',
          "pos_embed 'all': embeddings in reverse order"),
-    ], moved=dict.fromkeys((1, 2, 3, 9, 15), 'vit_jax/models/layers.py')) +
+    ], moved=dict.fromkeys((1, 2, 3, 9, 16), 'vit_jax/models/layers.py')) +
     _group('resnet', 'vit_jax/models/resnet.py', [
         ('p = (p - mean) / jnp.sqrt(var + 1e-10)', 'p = (p - mean) / (var + 1e-10)',
          'weight standardisation divides by the variance'),
@@ -290,8 +290,8 @@ MUTATIONS = (
         ('steps = sorted(mngr.all_steps(), reverse=True)', 'steps = sorted(mngr.all_steps())',
          'resumes from the oldest checkpoint'),
         ("aside = path + '.unreadable'", "aside = path + '.bad'", 'unreadable step renamed otherwise'),
-        ("if name.startswith(f'{step}.orbax-checkpoint-tmp'):",
-         "if name.startswith(f'{step}.orbax-checkpoint-tmp-'):",
+        ("if n.startswith(f'{step}.orbax-checkpoint-tmp')]",
+         "if n.startswith(f'{step}.orbax-checkpoint-tmp-')]",
          'half-written step left (its folder has no suffix)'),
         ('threading.Thread.join(t, WRITER_JOIN_S)', 'threading.Thread.join(t, 0)',
          "a failed save's writers not waited for"),
