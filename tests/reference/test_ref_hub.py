@@ -448,6 +448,9 @@ def test_export_names_the_timm_architecture_of_its_family_width_patch_and_size()
        'vit_small_patch14_reg4_dinov2'),
       ({**s16, 'width': 64, 'patch_size': 4, 'image_size': 16}, 'deit3_small_patch16_224')):
     assert hub_export.timm_architecture(fields) == name, fields
+  # A field left out is the ViT's default, as models.build_model builds the model: LayerScale
+  # 1e-4, with position embeddings on every token DINOv2's layout (not DeiT's).
+  assert hub_export.export_family({'pos_embed': 'all', 'patch_size': 16}) == 'dinov2'
 
 
 @pytest.mark.parametrize('umask', [0o022, 0o027])

@@ -4,6 +4,7 @@
 it), refusing in one line a model timm's VisionTransformer cannot express; hub_import.py
 reads such folders back.
 """
+import dataclasses
 import os
 import stat
 from typing import Any, Mapping
@@ -15,6 +16,7 @@ from vit_jax import files
 from vit_jax import models
 from vit_jax.models import convert
 from vit_jax.models import hub_import
+from vit_jax.models import vit
 
 # The ViT architectures timm registers, by family: timm.create_model builds only a registered
 # name (its model function); the config.json model_args then set every field over the name's
@@ -35,44 +37,55 @@ _WIDTHS = {'tiny': 192, 'small': 384, 'medium': 512, 'base': 768, 'large': 1024,
 DINOV2_SIZE = 518
 
 
+def vit_fields(m: Mapping[str, Any]) -> dict:
+  """Model fields (config.model, or an imported checkpoint's), those `m` leaves out at the
+  ViT's own defaults: the model models.build_model builds from `m`."""
+  defaults = {f.name: f.default for f in dataclasses.fields(vit.ViT)
+              if f.default is not dataclasses.MISSING and f.name not in ('parent', 'name')}
+  return {**defaults, **m}
+
+
 def check_exportable(m: Mapping[str, Any], num_classes: int) -> None:
   """One line for the first field timm's VisionTransformer (through config.json) cannot express."""
+  if m.get('arch', 'vit') != 'vit':    # 'arch' is a field of ConvNet models only
+    raise ValueError(f"model.arch={m['arch']!r} cannot be exported to timm; it accepts a ViT")
+  m = vit_fields(m)
   refusals = (
-      (m.get('arch', 'vit') != 'vit', 'arch', 'a ViT'),
-      (m.get('gate', 'none') == 'g2', 'gate', "'none' (G2 gates the values; timm's Attention has "
-                                             "no such gate)"),
-      (m.get('gate', 'none') == 'g1', 'gate', "'none' (timm's Attention has the G1 gate, "
-                                             "gated=True, but VisionTransformer takes it only "
-                                             "as an attn_layer class, which config.json cannot "
-                                             "name)"),
-      (m.get('head', 'linear') != 'linear', 'head', "'linear' (timm's head is one Linear)"),
-      (bool(m.get('svd_tap_layers')), 'svd_tap_layers', '() (timm has no SVD taps)'),
-      (m.get('layer_norm_eps', 1e-6) != 1e-6, 'layer_norm_eps',
+      (m['gate'] == 'g2', 'gate', "'none' (G2 gates the values; timm's Attention has no such "
+                                  "gate)"),
+      (m['gate'] == 'g1', 'gate', "'none' (timm's Attention has the G1 gate, gated=True, but "
+                                  "VisionTransformer takes it only as an attn_layer class, "
+                                  "which config.json cannot name)"),
+      (m['head'] != 'linear', 'head', "'linear' (timm's head is one Linear)"),
+      (bool(m['svd_tap_layers']), 'svd_tap_layers', '() (timm has no SVD taps)'),
+      (m['layer_norm_eps'] != 1e-6, 'layer_norm_eps',
        "1e-6 (timm's ViT LayerNorm; config.json cannot set norm_layer)"),
-      (m.get('pos_embed') == 'all' and m.get('num_registers', 0) > 0, 'pos_embed',
+      (m['pos_embed'] == 'all' and m['num_registers'] > 0, 'pos_embed',
        "'patches' with registers (timm's embed-class layout gives registers a position too)"),
-      (m.get('distillation', False) and m.get('num_registers', 0) > 0, 'num_registers',
+      (m['distillation'] and m['num_registers'] > 0, 'num_registers',
        "0 with distillation (timm's VisionTransformerDistilled has no registers)"),
       (num_classes < 0, 'num_classes', '>= 0'),
   )
   for bad, name, accepted in refusals:
     if bad:
-      raise ValueError(f'model.{name}={m.get(name, num_classes)!r} cannot be exported to timm; '
-                       f'it accepts {accepted}')
+      value = num_classes if name == 'num_classes' else m[name]
+      raise ValueError(f'model.{name}={value!r} cannot be exported to timm; it accepts '
+                       f'{accepted}')
 
 
 def export_family(m: Mapping[str, Any]) -> str:
   """The family whose layout the model has: DeiT's dist token; LayerScale with position
   embeddings on the cls token too (DINOv2), or on the patches only (DeiT-III; with
   registers at patch 14, DINOv2's); no LayerScale: DeiT."""
-  if m.get('distillation'):
+  m = vit_fields(m)
+  if m['distillation']:
     return 'deit_distilled'
-  if m.get('layerscale_init'):
-    if m.get('pos_embed') == 'all':
+  if m['layerscale_init']:
+    if m['pos_embed'] == 'all':
       return 'dinov2'
-    if m.get('num_registers') and int(m['patch_size']) == 14:
+    if m['num_registers'] and int(m['patch_size']) == 14:
       return 'dinov2_reg'
-  elif m.get('pos_embed') == 'all':
+  elif m['pos_embed'] == 'all':
     return 'deit'
   return 'deit3'
 
@@ -96,16 +109,16 @@ def timm_config(m: Mapping[str, Any], num_classes: int, preprocessing: Mapping[s
   """config.json as timm's save_config_for_hf writes it for this model; `preprocessing`
   (mean, std, crop_pct, interpolation) is what it was evaluated with, which timm's
   resolve_data_config + create_transform then reproduce."""
+  m = vit_fields(m)
   s = int(m['image_size'])
-  layerscale = m.get('layerscale_init', 0.0)
+  layerscale = m['layerscale_init']
   args = dict(img_size=[s, s], patch_size=int(m['patch_size']), in_chans=3,
               num_classes=num_classes, global_pool='token', embed_dim=int(m['width']),
               depth=int(m['depth']), num_heads=int(m['num_heads']),
-              mlp_ratio=float(m.get('mlp_ratio', 4.0)), qkv_bias=bool(m.get('qkv_bias', True)),
+              mlp_ratio=float(m['mlp_ratio']), qkv_bias=bool(m['qkv_bias']),
               init_values=float(layerscale) if layerscale else None, class_token=True,
-              no_embed_class=m.get('pos_embed', 'patches') == 'patches',
-              reg_tokens=int(m.get('num_registers', 0)))
-  classifier = ['head', 'head_dist'] if m.get('distillation') else 'head'
+              no_embed_class=m['pos_embed'] == 'patches', reg_tokens=int(m['num_registers']))
+  classifier = ['head', 'head_dist'] if m['distillation'] else 'head'
   pretrained_cfg = dict(tag='vit_jax', custom_load=False, input_size=[3, s, s],
                         fixed_input_size=True, interpolation=preprocessing['interpolation'],
                         crop_pct=float(preprocessing['crop_pct']), crop_mode='center',
