@@ -7,7 +7,7 @@ import csv
 import sys
 
 VARIANTS = ('vanilla', 'register', 'sdpa_gated', 'value_gated')
-TIMINGS = {'epoch_time_s', 'images_per_s'}
+TIMINGS = {'epoch_time_s', 'images_per_s', 'compile_s', 'device_hours'}
 
 
 def rows(root: str, variant: str) -> list[dict]:

@@ -1,6 +1,6 @@
 #!/bin/bash
-# The four quick variants from the tree TREE into OUT/<variant>/ (issue 14's check that
-# moving the code changed nothing):  results/house/run_quick.sh TREE OUT
+# The four quick variants from the tree TREE into OUT/<variant>/ (issues 14 and 24: the
+# check that moving the code changed nothing):  results/house/run_quick.sh TREE OUT
 set -e
 tree=$(cd "$1" && pwd); mkdir -p "$2"; out=$(cd "$2" && pwd)
 cd "$tree"
