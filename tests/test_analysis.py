@@ -282,8 +282,13 @@ def test_compare_per_layer_over_seeds(tmp_path):
   """Two variants x two seeds: each cell is the mean and ddof=1 std of the seeds' values
   (numbers chosen by hand); a quantity only the gated variant has is left out of the
   other's column and panel; a run without analysis.json is named and left out."""
-  def run(variant, seed, sinks, gates=None):
-    layers = [{'sink_rate_any': s, 'cls_share': 0.1 * seed} for s in sinks]
+  def run(variant, seed, sinks, gates=None, registers=None):
+    # analysis.json writes register_share for every model (0 without registers) and the
+    # register norms as None where there are none.
+    layers = [{'sink_rate_any': s, 'cls_share': 0.1 * seed, 'register_share': 0.0,
+               'norm_register_max': None} for s in sinks]
+    for row, r in zip(layers, registers or []):
+      row.update(register_share=r, norm_register_max=10 * r)
     if gates:
       for row, g in zip(layers, gates):
         row['gate_mean'] = g
@@ -295,21 +300,28 @@ def test_compare_per_layer_over_seeds(tmp_path):
   run('vanilla', 1, [1.0, 0.25])
   run('g1', 0, [0.0, 0.0], gates=[0.1, 0.2])
   run('g1', 1, [0.0, 0.0], gates=[0.3, 0.6])
+  run('reg', 0, [0.0, 0.0], registers=[0.2, 0.4])
   _fake_workdir(tmp_path / 'g1', 'seed=2', [50.0], [0.0], 10.0)     # not analysed
   out = tmp_path / 'cmp' / 'layers.md'
-  compare.main(['--out', str(out), str(tmp_path / 'vanilla'), str(tmp_path / 'g1')])
+  compare.main(['--out', str(out), str(tmp_path / 'vanilla'), str(tmp_path / 'g1'),
+                str(tmp_path / 'reg')])
   result = json.load(open(tmp_path / 'cmp' / 'layers.json'))
   van, g1 = (result['variants'][f'configs/{v}.py:fmnist'] for v in ('vanilla', 'g1'))
   assert van['sink_rate_any']['mean'] == pytest.approx([0.5, 0.375])
   assert van['sink_rate_any']['std'] == pytest.approx([2 ** -0.5, 0.125 * 2 ** 0.5])
   assert g1['gate_mean']['mean'] == pytest.approx([0.2, 0.4])
   assert 'gate_mean' not in van and van['n'] == 2 and g1['n'] == 2
+  reg = result['variants']['configs/reg.py:fmnist']
+  assert reg['register_share']['mean'] == pytest.approx([0.2, 0.4])
+  assert 'register_share' not in van and 'register_share' not in g1   # no registers: no 0s
   assert result['not_analysed'] == ['g1/seed=2']
   text = out.read_text()
   assert '| block | configs/g1.py:fmnist |' in text            # the gate table: g1 only
   assert '| 2 | 0.375 ± 0.177 | 0.000 ± 0.000 |' in text
   assert os.path.getsize(tmp_path / 'cmp' / 'layers.png') > 1000
   fig = compare.figure(result, ['gate_mean', 'sink_rate_any', 'norm_register_max'])
-  assert len(fig.axes) == 2                                      # no register panel
+  assert len(fig.axes) == 3
+  legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+  assert legends[2] == ['configs/reg.py:fmnist']      # register norms: only the register run
   assert [len(ax.get_lines()) for ax in fig.axes][0] < [len(ax.get_lines())
                                                           for ax in fig.axes][1]

@@ -38,6 +38,10 @@ QUANTITIES = {
     'outlier_kurtosis': ('kurtosis of the activations over channels', 'Pearson'),
 }
 
+# Quantities that analysis.json writes for every model (as 0) but that only a model with
+# registers has: left out where the runs have no register norms.
+NEEDS_REGISTERS = ('register_share',)
+
 
 def load(workdir: str) -> dict | None:
   path = os.path.join(workdir, 'analysis.json')
@@ -61,9 +65,11 @@ def per_layer(paths: list[str]) -> dict:
   out = {}
   for variant, runs in groups.items():
     entry = {'n': len(runs), 'runs': [name for name, _ in runs]}
+    registers = all(row.get('norm_register_max') is not None for _, l in runs for row in l)
     for key in QUANTITIES:
       values = [[row.get(key) for row in layers] for _, layers in runs]
-      if any(v is None for run in values for v in run):
+      if any(v is None for run in values for v in run) or (
+          key in NEEDS_REGISTERS and not registers):
         continue                                  # the variant has no such quantity
       a = np.asarray(values, np.float64)          # (seeds, blocks)
       entry[key] = {'mean': a.mean(0).tolist(),
