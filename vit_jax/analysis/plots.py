@@ -200,13 +200,15 @@ def gates(gate_rows: list[dict]):
   return fig
 
 
-def sinks(attn_rows: list[dict], act_rows: list[dict]):
-  """Per block: attention mass on the most-attended token, on cls, on registers; the
-  largest |x| of the residual stream; its ratio to the median |x| (one quantity per axis)."""
+def sinks(attn_rows: list[dict], act_rows: list[dict], registers: bool = True):
+  """Per block: attention mass on the most-attended token, on cls, on registers (only
+  where the model has them); the largest |x| of the residual stream; its ratio to the
+  median |x| (one quantity per axis)."""
   blocks = np.arange(1, len(attn_rows) + 1)
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), layout='constrained')
-  for key, label in (('sink_share', 'most-attended token'), ('cls_share', 'cls'),
-                     ('register_share', 'registers'), ('row_peak', 'mean row peak')):
+  lines = (('sink_share', 'most-attended token'), ('cls_share', 'cls'),
+           ('register_share', 'registers'), ('row_peak', 'mean row peak'))
+  for key, label in (l for l in lines if registers or l[0] != 'register_share'):
     axes[0].plot(blocks, [r[key] for r in attn_rows], 'o-', label=label)
   axes[0].set_ylim(0, 1)
   axes[0].set_xlabel('block')
