@@ -259,7 +259,10 @@ def test_attention_maps_share_one_colour_scale_with_the_uniform_level():
            if im.get_array().ndim == 2}
   assert len(clims) == 1                                  # one scale, not per map
   assert clims.pop() == pytest.approx((0.0, 1.0 / t + 0.2))
-  assert sum(1 for ax in fig.axes if ax.get_label() == '<colorbar>') == 1
+  bars = [ax for ax in fig.axes if ax.get_label() == '<colorbar>']
+  assert len(bars) == 1
+  assert f'uniform 1/{t}' in bars[0].get_ylabel()               # the red line is named
+  assert [line.get_ydata()[0] for line in bars[0].get_lines()] == [pytest.approx(1.0 / t)]
   # near-uniform maps alone: the scale still starts at 0 and reaches past 1/T
   fig = plots.cls_attention(images, np.full((2, 3, t, t), 1.0 / t), slice(1, None))
   lo, hi = next(im.get_clim() for ax in fig.axes for im in ax.get_images()

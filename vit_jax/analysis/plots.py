@@ -130,10 +130,10 @@ def attention_maps(images: np.ndarray, maps: np.ndarray, titles: list, quantity:
       im = axes[i, j + 1].imshow(maps[i, j].reshape(side, side), cmap='viridis', vmin=0,
                                  vmax=vmax, interpolation='nearest')
       _bare(axes[i, j + 1], titles[j] if i == 0 else None)
-  bar = fig.colorbar(im, ax=axes, shrink=0.9, label=quantity)
+  # The uniform level: a red line on the bar, named in the bar's label (a text beside the
+  # bar ran into the label on narrow figures).
+  bar = fig.colorbar(im, ax=axes, shrink=0.9, label=f'{quantity}\n(red line: {uniform_label})')
   bar.ax.axhline(uniform, color='tab:red', lw=1.5)
-  bar.ax.text(1.02, uniform, f' {uniform_label}', color='tab:red', fontsize=7, va='center',
-              transform=bar.ax.get_yaxis_transform())
   return fig
 
 
