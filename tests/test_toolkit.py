@@ -312,3 +312,21 @@ def test_the_toolkit_runs_in_analyze_on_the_planted_model():
                  probe_images=4, outlier_rule={}, plots=[])
   text = run.report(summary)
   assert f'register neurons (block:neuron) 1:{neuron}' in text and 'Sink rate' in text
+  assert 'flat_outliers' in first and 'High-norm patch tokens on flat patches' in text
+
+
+def test_flat_patch_outliers_by_hand():
+  """Two 4x4 images on a 2x2 grid of 2x2 patches: patch 0 textured, 1-3 flat (constant),
+  so the flat share of all patches is 3/4. A high-norm token (relative rule: above 2x the
+  median) on flat patch 2 gives 1.0; on the textured patch, 0.0; none at all, None."""
+  images = np.zeros((2, 4, 4, 3), np.uint8)
+  images[:, :2, :2] = [[[0], [255]], [[255], [0]]]           # a checkerboard in patch 0
+  images[:, :2, 2:] = 40                                        # flat, but not black
+  probe = config_lib.base().probe
+  norms = np.ones((3, 2, 4))
+  norms[0, 1, 2] = 10.0                                         # block 1: on a flat patch
+  norms[1, 0, 0] = 10.0                                         # block 2: on the textured one
+  rows = stats.flat_patch_outliers(norms, images, probe)
+  assert [r['base'] for r in rows] == [0.75] * 3
+  assert [r['outliers'] for r in rows] == [1.0, 0.0, None]
+  assert stats.flat_patch_outliers(norms, images[:, :3, :3], probe) == []   # off the grid

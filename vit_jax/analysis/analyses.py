@@ -177,6 +177,10 @@ ANALYSES = {
     # Token norms per block and at the output, per epoch of training: high-norm tokens.
     'norms': Analysis(block_rows=lambda c: stats.layer_norm_stats(c.layer_norms, c.config.probe),
                       summary=_norm_summary, plots=_norm_plots),
+    # Whether the high-norm patch tokens sit on flat (background) patches, per block.
+    'flat_patches': Analysis(
+        block_rows=lambda c: stats.flat_patch_outliers(c.layer_norms, c.images, c.config.probe),
+        prefix='flat_'),
     # The residual stream's norms by kind of token (cls, registers, patches) per block.
     'kind_norms': Analysis(block_rows=lambda c: stats.kind_norms(c.blocks, c.layout),
                            prefix='norm_'),

@@ -269,6 +269,13 @@ def _toolkit_report(summary: dict) -> list[str]:
     rate = ', '.join(f'to {k} {v:.3f}' for k, v in summary['sink_rate'].items())
     lines += [f'Sink rate (share of (layer, head) pairs whose mean attention to one token '
               f'exceeds the sink epsilon; Gu et al. 2025): {rate}.', '']
+  if layers and 'flat_base' in layers[0]:
+    where = '; '.join(f"block {r['block']}: " + ('no outlier' if r['flat_outliers'] is None
+                                                  else f"{r['flat_outliers']:.2f}")
+                      for r in layers)
+    lines += ['High-norm patch tokens on flat patches (pixel std at or below the image\'s '
+              f"median; Darcet et al. 2024 found the artifacts in such background), against "
+              f"the {layers[0]['flat_base']:.2f} of all patch tokens that are flat: {where}.", '']
   if 'rollout' in summary:
     r = summary['rollout']
     lines += ['Attention rollout of cls (Abnar & Zuidema 2020), share from: ' + ', '.join(

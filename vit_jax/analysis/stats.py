@@ -37,6 +37,32 @@ def kind_norms(blocks: list[np.ndarray], lay: vit.TokenLayout) -> list[dict]:
   return rows
 
 
+def flat_patch_outliers(layer_norms: np.ndarray, images: np.ndarray, probe_cfg) -> list[dict]:
+  """Per block, where the high-norm patch tokens sit: 'outliers' is the share of them on
+  flat patches (pixel standard deviation at or below its image's median over patches: the
+  redundant background where Darcet et al. 2024 found the artifacts), 'base' the share of
+  all patch tokens that are flat. outliers well above base: the high norms live in the
+  background; near base: they do not prefer it. None where a block has no outlier.
+  layer_norms: (L, B, N) patch-token norms; images: (B, H, W, C) on the patch grid."""
+  layer_norms = np.asarray(layer_norms, np.float64)
+  b, n = layer_norms.shape[1:]
+  side = int(round(np.sqrt(n)))
+  h, w = images.shape[1:3]
+  if side * side != n or h % side or w % side:
+    return []                                   # the images are not on the patch grid
+  ph, pw = h // side, w // side
+  x = np.asarray(images, np.float64).reshape(b, side, ph, side, pw, -1)
+  spread = x.std(axis=(2, 4, 5)).reshape(b, n)
+  flat = spread <= np.median(spread, axis=1, keepdims=True)
+  rows = []
+  for norms in layer_norms:
+    out = token_norms.outlier_mask(norms, probe_cfg.outlier_rule, probe_cfg.outlier_factor,
+                                   probe_cfg.outlier_threshold)
+    rows.append({'outliers': float(flat[out].mean()) if out.any() else None,
+                 'base': float(flat.mean())})
+  return rows
+
+
 def outlier_tokens(norms: np.ndarray, probe_cfg) -> list[tuple[int, int]]:
   """(image, patch) of every outlier token of a (B, N) norm array."""
   mask = token_norms.outlier_mask(np.asarray(norms, np.float64), probe_cfg.outlier_rule,
