@@ -3,8 +3,10 @@
 SIGKILL, SIGTERM, a corrupt checkpoint, non-finite steps, an incompatible
 resume, a workdir that cannot be written and a disk that fills up.
 """
+import asyncio
 import errno
 import hashlib
+import json
 import os
 import re
 import signal
@@ -192,11 +194,12 @@ def _orbax_threads(before) -> list:
           and type(t).__module__.startswith('orbax.')]
 
 
-@pytest.mark.parametrize('where', ['mkdir', 'item'])
+@pytest.mark.parametrize('where', ['mkdir', 'item', 'write'])
 def test_full_disk_leaves_no_writer_thread_and_no_tmp_folder(tmp_path, monkeypatch, where):
-  """A full disk at the step folder's mkdir (what a real one hits first) or at an item's
-  save: one OSError, no orbax thread left waiting (they held the interpreter 300 s after
-  the tests) and no *.orbax-checkpoint-tmp folder (a writer re-made it after the cleanup)."""
+  """A full disk at the step folder's mkdir (what a real one hits first), at an item's
+  save, or in one writer thread while another is still writing: one OSError, no orbax
+  thread left waiting (they held the interpreter 300 s after the tests) and no
+  *.orbax-checkpoint-tmp folder (a writer still going re-made it after the cleanup)."""
   mngr = checkpoint.manager(str(tmp_path), 1)
   state = {'w': jnp.arange(16.0).reshape(4, 4)}
   checkpoint.save(mngr, 1, state, {'seed': 0}, {'val_acc1': 1.0})
@@ -209,17 +212,26 @@ def test_full_disk_leaves_no_writer_thread_and_no_tmp_folder(tmp_path, monkeypat
         raise enospc
       return real_mkdir(path, *args, **kwargs)
     monkeypatch.setattr(os, 'mkdir', mkdir)
-  else:
+  elif where == 'item':
     def full_disk(self, directory, *args, **kwargs):
       directory.mkdir(parents=True, exist_ok=True)
       (directory / 'metadata').write_text('{"half')
       raise enospc
     monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, 'async_save', full_disk)
+  else:   # the data item's writer fails at once; the metrics one is still busy, and, as
+    # tensorstore does for the arrays, makes the folders it writes to
+    async def write(self, x, directory):
+      if directory.name.startswith('data'):
+        raise enospc
+      await asyncio.sleep(0.5)
+      os.makedirs(directory, exist_ok=True)
+      (directory / self._filename).write_text(json.dumps(x))
+    monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, '_save_fn', write)
   before = set(threading.enumerate())
   with pytest.raises(OSError, match=r'step 2 .*No space left on device.*step 1 in .* intact'):
     checkpoint.save(mngr, 2, state, {'seed': 0}, {'val_acc1': 2.0})
   monkeypatch.undo()
-  time.sleep(0.5)    # room for a writer that would still re-make the folder
+  time.sleep(1.0)    # room for a writer that would still re-make the folder
   assert _orbax_threads(before) == []
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']
   mngr.close()
