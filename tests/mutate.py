@@ -25,6 +25,7 @@ import dataclasses
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -129,9 +130,11 @@ def run_tests(copy: str, tests: list[str], timeout: float) -> tuple[int | None, 
 
 
 def first_failure(out: str) -> str:
+  """The first test pytest's summary names as failed, else its last line."""
   for line in out.splitlines():
-    if line.startswith(('FAILED ', 'ERROR ')):
-      return line.split(' - ')[0].split(' ', 1)[1][:160]
+    m = re.match(r'(FAILED|ERROR) (\S+\.py\S*)', line)
+    if m:
+      return m.group(2)[:160]
   return (out.strip().splitlines() or [''])[-1][:160]
 
 
@@ -245,7 +248,7 @@ def main(argv=None) -> int:
   with run_lock(), tempfile.TemporaryDirectory(prefix='vit_jax_mutate_') as copy:
     copy_repo(copy)
     if not args.no_baseline:
-      for tests in sorted({tuple(m.tests or listing.COVER[m.file]) for m in muts}):
+      for tests in sorted({tuple(sorted(m.tests or listing.COVER[m.file])) for m in muts}):
         rc, out = run_tests(copy, list(tests), args.timeout)
         if rc != 0:
           print(f'error: the unmutated tree fails {" ".join(tests)}: {first_failure(out)}',
