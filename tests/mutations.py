@@ -67,8 +67,8 @@ MUTATIONS = (
          'attention scaled by the width, not the head dim'),
         ('probs = jax.nn.softmax(logits, axis=-1)', 'probs = jax.nn.softmax(logits, axis=-2)',
          'softmax over queries instead of keys'),
-        ('q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, h, d), 2, 0)',
-         'k, q, v = jnp.moveaxis(qkv.reshape(b, t, 3, h, d), 2, 0)', 'q and k swapped'),
+        ('q, k, v = (y.reshape(b, t, h, d) for y in mixed.SplitDense(',
+         'k, q, v = (y.reshape(b, t, h, d) for y in mixed.SplitDense(', 'q and k swapped'),
         ("    if self.gate == 'g1':", "    if self.gate == 'g2':", 'G1 gate applied to G2 models'),
         ('        v = v * g', '        k = k * g', 'G2 gates the keys, not the values'),
         ('return x * gamma.astype(x.dtype)', 'return x + gamma.astype(x.dtype)',
@@ -131,6 +131,13 @@ MUTATIONS = (
          'input gradient negated'),
         ('  return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)',
          '  return jnp.matmul(x, w).astype(x.dtype)', 'bias-free matmul accumulates in bf16'),
+        ('None if bias is None else bias[i * n:(i + 1) * n], self.dtype)',
+         'None if bias is None else bias[:n], self.dtype)', "SplitDense: q's bias on k and v"),
+        ('return tuple(linear(inputs, kernel[:, i * n:(i + 1) * n],',
+         'return tuple(linear(inputs, kernel[:, i::self.splits],',
+         'SplitDense: strided columns instead of blocks'),
+        ('return y if bias is None else y + bias.astype(y.dtype)', 'return y',
+         'float32 linear drops its bias'),
     ]) +
     _group('svd', 'vit_jax/models/svd_taps.py', [
         ('evals = evals[..., ::-1]', 'evals = evals', 'singular values ascending'),
@@ -245,8 +252,8 @@ MUTATIONS = (
          'sign = jnp.where(jax.random.bernoulli(k_sign), 1.0, 1.0)', 'signed ops never negated'),
         ('return tuple(min(255, round(255 * m)) for m in mean)',
          'return tuple(min(255, int(255 * m)) for m in mean)', "timm's fill colour truncated"),
-        ('index = jax.random.randint(k_op, (), 0, len(branches))',
-         'index = jax.random.randint(k_op, (), 0, len(branches) - 1)',
+        ('index = jax.random.randint(k_op, (), 0, len(p.ops))',
+         'index = jax.random.randint(k_op, (), 0, len(p.ops) - 1)',
          'off-by-one: last op never drawn'),
     ]) +
     _group('steps', 'vit_jax/train/steps.py', [
@@ -320,10 +327,11 @@ MUTATIONS = (
          'if d.isdigit())', 'a step folder without its state counted as saved'),
     ]) +
     _group('optim', 'vit_jax/train/optim.py', [
-        ("NO_DECAY_NAMES = frozenset({'cls', 'dist', 'registers', 'pos_embedding'})",
-         "NO_DECAY_NAMES = frozenset({'cls', 'dist', 'registers'})", 'position embeddings decayed'),
-        ('return scope == \'all\' or (x.ndim >= 2 and name not in NO_DECAY_NAMES)',
-         'return scope == \'all\' or (x.ndim >= 1 and name not in NO_DECAY_NAMES)',
+        ('(x.ndim >= 2 and not (len(path) == 1 and name in no_decay))',
+         '(x.ndim >= 2 and not (len(path) == 2 and name in no_decay))',
+         'tokens and position embeddings decayed'),
+        ('(x.ndim >= 2 and not (len(path) == 1 and name in no_decay))',
+         '(x.ndim >= 1 and not (len(path) == 1 and name in no_decay))',
          'off-by-one: biases and norms decayed'),
         ("return cfg.lr * batch_size / 512 if cfg.lr_scaling == 'linear512' else cfg.lr",
          "return cfg.lr * batch_size / 256 if cfg.lr_scaling == 'linear512' else cfg.lr",
