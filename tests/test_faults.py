@@ -27,6 +27,9 @@ from vit_jax.train import checkpoint
 from vit_jax.train import loop
 
 EXIT_ERROR, EXIT_PREEMPTED = 2, 75
+# Where no stop falls inside an epoch (the faults at a checkpoint, a resume, a step named
+# by its number), 23 steps an epoch instead of tiny_run's 375.
+WHOLE = {'batch_size': 64}
 
 
 def _start(cmd, env=None):
@@ -93,7 +96,7 @@ def test_sigterm_checkpoints_mid_epoch_exits_75_and_resumes_exactly(tmp_path):
 
 def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
   workdir = str(tmp_path)
-  loop.train_and_evaluate(tiny_run.config(), workdir, stop_after_epoch=2)
+  loop.train_and_evaluate(tiny_run.config(**WHOLE), workdir, stop_after_epoch=2)
   ckpt = os.path.join(workdir, 'checkpoints')
   data = os.path.join(ckpt, '2', 'state', 'd')
   for name in os.listdir(data):                # truncated array files
@@ -102,22 +105,22 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
   os.makedirs(os.path.join(ckpt, '3.orbax-checkpoint-tmp-1234', 'state'))   # an unfinished save
   capsys.readouterr()
 
-  loop.train_and_evaluate(tiny_run.config(), workdir)
+  loop.train_and_evaluate(tiny_run.config(**WHOLE), workdir)
   err = capsys.readouterr().err
   warnings = [l for l in err.splitlines() if l.startswith('warning:')]
   assert len(warnings) == 1 and 'step 2' in warnings[0] and 'falling back to step 1' in warnings[0]
   assert os.path.isdir(os.path.join(ckpt, '2.unreadable'))
-  tiny_run.assert_same_metrics(tiny_run.rows(workdir))
+  tiny_run.assert_same_metrics(tiny_run.rows(workdir), tiny_run.reference(**WHOLE))
 
 
 def test_nonfinite_step_stops_naming_it_and_keeps_the_last_checkpoint(tmp_path):
-  c = tiny_run.config()
+  c = tiny_run.config(**WHOLE)
   workdir = str(tmp_path)
   loop.train_and_evaluate(c, workdir, stop_after_epoch=1)
   before = _snapshot(workdir)
 
   c.optim.update(lr=1e30, warmup_lr=1e30)      # the first update overflows the params
-  n = tiny_run.STEPS_PER_EPOCH
+  n = 1500 // WHOLE['batch_size']
   with pytest.raises(FloatingPointError, match=r'non-finite loss or gradient at step \d+ ') as e:
     loop.train_and_evaluate(c, workdir)
   step = int(re.search(r'at step (\d+)', str(e.value)).group(1))
@@ -133,9 +136,9 @@ def test_nonfinite_step_stops_naming_it_and_keeps_the_last_checkpoint(tmp_path):
 
 def test_incompatible_resume_is_one_line_and_touches_nothing(tmp_path):
   workdir = tmp_path / 'run'
-  loop.train_and_evaluate(tiny_run.config(), str(workdir), stop_after_epoch=1)
+  loop.train_and_evaluate(tiny_run.config(**WHOLE), str(workdir), stop_after_epoch=1)
   before = _snapshot(workdir)
-  proc = run_main(tiny_run.args(workdir, **{'model.width': 48}), env=tiny_run.ENV)
+  proc = run_main(tiny_run.args(workdir, **WHOLE, **{'model.width': 48}), env=tiny_run.ENV)
   assert proc.returncode == EXIT_ERROR
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: ') and 'different model' in lines[0]
@@ -169,7 +172,7 @@ def test_unwritable_workdir_is_one_line_before_any_work(read_only_dir):
 
 def test_full_disk_at_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
   workdir = str(tmp_path)
-  loop.train_and_evaluate(tiny_run.config(), workdir, stop_after_epoch=1)
+  loop.train_and_evaluate(tiny_run.config(**WHOLE), workdir, stop_after_epoch=1)
   handler = ocp.handlers.JsonCheckpointHandler       # writes the data item of every step
   real_save = handler.async_save
 
@@ -181,12 +184,12 @@ def test_full_disk_at_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
   monkeypatch.setattr(handler, 'async_save', full_disk)
   with pytest.raises(OSError, match=r'could not write checkpoint step 2 .*No space left on device'
                      r'.*step 1 in .* is intact'):
-    loop.train_and_evaluate(tiny_run.config(), workdir)
+    loop.train_and_evaluate(tiny_run.config(**WHOLE), workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1', checkpoint.PREEMPTED]
 
   monkeypatch.setattr(handler, 'async_save', real_save)
-  loop.train_and_evaluate(tiny_run.config(), workdir)   # the disk has room again
-  tiny_run.assert_same_metrics(tiny_run.rows(workdir))
+  loop.train_and_evaluate(tiny_run.config(**WHOLE), workdir)   # the disk has room again
+  tiny_run.assert_same_metrics(tiny_run.rows(workdir), tiny_run.reference(**WHOLE))
 
 
 def _orbax_threads(before) -> list:
