@@ -160,12 +160,15 @@ def mutate_one(copy: str, m, timeout: float) -> Outcome:
   return Outcome(m, ERROR, seconds, f'pytest exit {rc}: {first_failure(out)}')
 
 
-def report(outcomes: list[Outcome], wall: float) -> str:
+def report(outcomes: list[Outcome], wall: float, of: int | None = None) -> str:
+  """The markdown report; `of`: the number selected, when the run is not through yet."""
   by_file = {}
   for o in outcomes:
     by_file.setdefault(o.mutation.file, []).append(o)
+  done = (f'{len(outcomes)} mutants' if of in (None, len(outcomes)) else
+          f'{len(outcomes)} of {of} mutants so far')
   lines = ['# Mutation testing', '',
-           f'`python tests/mutate.py` ({len(outcomes)} mutants, {wall / 60:.0f} min on this '
+           f'`python tests/mutate.py` ({done}, {wall / 60:.0f} min on this '
            'machine). Each mutant is one line changed in a copy of the tree, tested by the '
            'files tests/mutations.py maps its module to.', '',
            '| module | mutants | killed | equivalent | survived | timeout / error |',
@@ -225,7 +228,7 @@ def main(argv=None) -> int:
   parser.add_argument('--timeout', type=float, default=900.0, help='seconds per mutant')
   parser.add_argument('--no-baseline', action='store_true',
                       help='skip running each test set once unmutated first')
-  parser.add_argument('--out', help='write the markdown report here')
+  parser.add_argument('--out', help='write the markdown report here (after every mutant)')
   parser.add_argument('--list', action='store_true', help='print the mutations and exit')
   args = parser.parse_args(argv)
   if args.file and (args.find is None or args.replace is None):
@@ -260,10 +263,9 @@ def main(argv=None) -> int:
       o = mutate_one(copy, m, args.timeout)
       outcomes.append(o)
       print(f'[{i}/{len(muts)}] {m.id}: {o.status} ({o.seconds:.0f} s) {o.detail}', flush=True)
-  text = report(outcomes, time.time() - t0)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(text)
+      if args.out:   # after every mutant: a run stopped part-way leaves what it found
+        with open(args.out, 'w') as f:
+          f.write(report(outcomes, time.time() - t0, of=len(muts)))
   survivors = [o.mutation.id for o in outcomes if o.status == SURVIVED]
   print(f'{len(outcomes)} mutants: {len(survivors)} survived' +
         (f' ({", ".join(survivors)})' if survivors else ''))
