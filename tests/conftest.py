@@ -39,3 +39,21 @@ def snapshot(workdir) -> dict:
       path = os.path.join(root, name)
       out[os.path.relpath(path, workdir)] = hashlib.sha256(open(path, 'rb').read()).hexdigest()
   return out
+
+
+def run_main_batch(arg_lists, env=None, timeout=600):
+  """Like run_main for each argument list, in one interpreter (tests/cli_batch.py: one
+  import, a forked child per command line); a list of CompletedProcess, each with
+  .seconds (its child's wall time)."""
+  import json
+  import subprocess
+  full_env = dict(os.environ, **(env or {}))
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'cli_batch.py')],
+                        input=json.dumps([[str(a) for a in args] for args in arg_lists]),
+                        cwd=REPO, capture_output=True, text=True, env=full_env, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  done = []
+  for args, r in zip(arg_lists, json.loads(proc.stdout)):
+    done.append(subprocess.CompletedProcess(args, r['returncode'], r['stdout'], r['stderr']))
+    done[-1].seconds = r['seconds']
+  return done

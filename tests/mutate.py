@@ -25,6 +25,7 @@ import dataclasses
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -91,20 +92,21 @@ def run_lock():
 
 
 def validate(muts) -> None:
-  """Every mutation names a covered file and text found there exactly once."""
+  """Every mutation names a covered file and text found there exactly once; all the
+  mutations that do not are named at once (code moves on, the list must follow)."""
   ids = [m.id for m in muts]
-  twice = sorted({i for i in ids if ids.count(i) > 1})
-  if twice:
-    raise ValueError(f'mutation ids used twice: {twice}')
+  errors = [f'mutation id {i} used twice' for i in sorted({i for i in ids if ids.count(i) > 1})]
   for m in muts:
     if m.file not in listing.COVER and not m.tests:
-      raise ValueError(f'{m.id}: {m.file} has no test files in COVER')
-    text = open(os.path.join(REPO, m.file)).read()
-    n = text.count(m.find)
+      errors.append(f'{m.id}: {m.file} has no test files in COVER')
+      continue
+    n = open(os.path.join(REPO, m.file)).read().count(m.find)
     if n != 1:
-      raise ValueError(f'{m.id}: {m.find!r} occurs {n} times in {m.file} (must be once)')
+      errors.append(f'{m.id}: {m.find!r} occurs {n} times in {m.file} (must be once)')
     if '\n' in m.find or m.find == m.replace:
-      raise ValueError(f'{m.id}: a mutation changes one line')
+      errors.append(f'{m.id}: a mutation changes one line')
+  if errors:
+    raise ValueError('\n  '.join(['the mutation list does not fit the code:'] + errors))
 
 
 def run_tests(copy: str, tests: list[str], timeout: float) -> tuple[int | None, str]:
@@ -129,9 +131,11 @@ def run_tests(copy: str, tests: list[str], timeout: float) -> tuple[int | None, 
 
 
 def first_failure(out: str) -> str:
+  """The first test pytest's summary names as failed, else its last line."""
   for line in out.splitlines():
-    if line.startswith(('FAILED ', 'ERROR ')):
-      return line.split(' - ')[0].split(' ', 1)[1][:160]
+    m = re.match(r'(FAILED|ERROR) (\S+\.py\S*)', line)
+    if m:
+      return m.group(2)[:160]
   return (out.strip().splitlines() or [''])[-1][:160]
 
 
@@ -156,12 +160,15 @@ def mutate_one(copy: str, m, timeout: float) -> Outcome:
   return Outcome(m, ERROR, seconds, f'pytest exit {rc}: {first_failure(out)}')
 
 
-def report(outcomes: list[Outcome], wall: float) -> str:
+def report(outcomes: list[Outcome], wall: float, of: int | None = None) -> str:
+  """The markdown report; `of`: the number selected, when the run is not through yet."""
   by_file = {}
   for o in outcomes:
     by_file.setdefault(o.mutation.file, []).append(o)
+  done = (f'{len(outcomes)} mutants' if of in (None, len(outcomes)) else
+          f'{len(outcomes)} of {of} mutants so far')
   lines = ['# Mutation testing', '',
-           f'`python tests/mutate.py` ({len(outcomes)} mutants, {wall / 60:.0f} min on this '
+           f'`python tests/mutate.py` ({done}, {wall / 60:.0f} min on this '
            'machine). Each mutant is one line changed in a copy of the tree, tested by the '
            'files tests/mutations.py maps its module to.', '',
            '| module | mutants | killed | equivalent | survived | timeout / error |',
@@ -221,7 +228,7 @@ def main(argv=None) -> int:
   parser.add_argument('--timeout', type=float, default=900.0, help='seconds per mutant')
   parser.add_argument('--no-baseline', action='store_true',
                       help='skip running each test set once unmutated first')
-  parser.add_argument('--out', help='write the markdown report here')
+  parser.add_argument('--out', help='write the markdown report here (after every mutant)')
   parser.add_argument('--list', action='store_true', help='print the mutations and exit')
   args = parser.parse_args(argv)
   if args.file and (args.find is None or args.replace is None):
@@ -245,7 +252,7 @@ def main(argv=None) -> int:
   with run_lock(), tempfile.TemporaryDirectory(prefix='vit_jax_mutate_') as copy:
     copy_repo(copy)
     if not args.no_baseline:
-      for tests in sorted({tuple(m.tests or listing.COVER[m.file]) for m in muts}):
+      for tests in sorted({tuple(sorted(m.tests or listing.COVER[m.file])) for m in muts}):
         rc, out = run_tests(copy, list(tests), args.timeout)
         if rc != 0:
           print(f'error: the unmutated tree fails {" ".join(tests)}: {first_failure(out)}',
@@ -256,10 +263,9 @@ def main(argv=None) -> int:
       o = mutate_one(copy, m, args.timeout)
       outcomes.append(o)
       print(f'[{i}/{len(muts)}] {m.id}: {o.status} ({o.seconds:.0f} s) {o.detail}', flush=True)
-  text = report(outcomes, time.time() - t0)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(text)
+      if args.out:   # after every mutant: a run stopped part-way leaves what it found
+        with open(args.out, 'w') as f:
+          f.write(report(outcomes, time.time() - t0, of=len(muts)))
   survivors = [o.mutation.id for o in outcomes if o.status == SURVIVED]
   print(f'{len(outcomes)} mutants: {len(survivors)} survived' +
         (f' ({", ".join(survivors)})' if survivors else ''))

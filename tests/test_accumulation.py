@@ -104,3 +104,20 @@ def test_ema_follows_timm_model_ema_v3_once_per_optimizer_update():
       for got, want in zip(jax.tree.leaves(now.ema_params), ema_ref.module):
         np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-6, atol=1e-6)
   assert updates == UPDATES and int(now.opt_state.gradient_step) == UPDATES
+
+
+def test_logged_grad_norm_is_the_norm_of_the_updates_gradient():
+  """With k micro-batches the step's grad_norm is the norm of the mean of the micro-batch
+  gradients so far: at an update's last micro-step, the norm of the gradient of the whole
+  batch, i.e. what the k = 1 step logs (the params agree to 1e-5, so 1e-4 here)."""
+  norms = {}
+  for k in (1, K):
+    trainer = steps.CompiledSteps(_config('adamw', k))
+    state, norms[k] = trainer.setup(steps_per_epoch=2), []
+    for batch in _batches():
+      for j in range(k):
+        part = {n: v[j * BATCH // k:(j + 1) * BATCH // k] for n, v in batch.items()}
+        state, metrics = trainer.train_step(state, trainer.global_batch(part))
+        norms[k].append(float(metrics['grad_norm']))
+  np.testing.assert_allclose(norms[K][K - 1::K], norms[1], rtol=1e-4)
+  assert len(set(np.round(norms[K], 6))) == len(norms[K])    # every micro-step its own

@@ -1,10 +1,10 @@
 """'best' is the saved epoch with the highest val_acc1, the later among equals
 (checkpoint.best_step's rule), and every reader of a workdir takes that one: the
-analysis, the evaluation, the export and the teacher loader. Here best is not the latest: epochs 1-4 scored 10, 50,
-50, 30, so best is 3 (latest 4, first maximum 2). Each epoch's head bias makes every
-prediction its own epoch number, so what a reader restored shows in what it outputs.
-Checkpoint steps count optimizer updates (UPDATES an epoch), so an epoch is read from a
-checkpoint's metrics, never from its folder name."""
+analysis, the evaluation, the export and the teacher loader. Best is not the latest here:
+epochs 1-4 scored 10, 50, 50, 30, so best is 3 (latest 4, first maximum 2). Each epoch's
+head bias makes every prediction its own epoch number, so what a reader restored shows in
+what it outputs. Checkpoint steps count optimizer updates (UPDATES an epoch), so an epoch is
+read from a checkpoint's metrics, never from its folder name."""
 import json
 import os
 
@@ -98,3 +98,29 @@ def test_teacher_loader_takes_best(workdir):
                                                            str(BEST * UPDATES))
   _, params = teacher.load(cfg, 10)
   assert int(np.argmax(params['head']['out']['bias'])) == BEST
+
+
+def test_a_step_folder_without_its_state_is_not_a_saved_epoch(tmp_path):
+  """orbax renames a finished step into place; a numbered folder without its state (a
+  copy cut short) is no checkpoint, for 'latest' as for 'best'."""
+  folder = tmp_path / 'checkpoints'
+  (folder / '2' / 'state').mkdir(parents=True)
+  (folder / '7' / 'metrics').mkdir(parents=True)
+  (folder / '7' / 'metrics' / 'metrics').write_text('{"val_acc1": 99.0}')
+  (folder / 'preempted').mkdir()
+  assert checkpoint.saved_steps(str(folder)) == [2]
+  assert checkpoint.select_step(str(tmp_path), 'latest', 'x') == 2
+  assert checkpoint.best_step(str(folder)) == 2
+
+
+def test_shape_mismatch_names_the_first_difference():
+  """The one line a resume, a teacher or an analysed run refuses with, by hand: paths in
+  sorted order, a parameter missing from the checkpoint, one the config lacks, a shape."""
+  saved = {'a/kernel': (2, 3), 'b/bias': (4,)}
+  assert checkpoint.shape_mismatch(saved, dict(saved)) is None
+  assert checkpoint.shape_mismatch(saved, {**saved, 'a/bias': (3,)}) == (
+      'a/bias is missing from the checkpoint (the config expects (3,))')
+  assert checkpoint.shape_mismatch({**saved, 'c': (1,)}, saved) == (
+      'the checkpoint has c (1,), which the config does not')
+  assert checkpoint.shape_mismatch(saved, {'a/kernel': (2, 4), 'b/bias': (5,)}) == (
+      'a/kernel has shape (2, 3) in the checkpoint, (2, 4) in the config')

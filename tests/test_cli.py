@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import run_main
+from conftest import run_main, run_main_batch
 
 
 def _one_line_error(proc, *fragments):
@@ -16,7 +16,7 @@ def _one_line_error(proc, *fragments):
     assert f in lines[0], lines[0]
 
 
-@pytest.mark.parametrize('args,fragments', [
+BAD_INPUT = [
     (['--config', 'configs/nope.py'], ["config file 'configs/nope.py' not found", 'register.py']),
     (['--config', 'configs/vanilla.py:quik'], ["unknown config argument 'quik'", "'quick'"]),
     (['--config', 'configs/vanilla.py:quick', '--config.modle.depth=2'],
@@ -53,11 +53,25 @@ def _one_line_error(proc, *fragments):
      ["dataset.data_dir='/nonexistent' has no train/ folder"]),
     (['--config', 'configs/vanilla.py:quick', '--config.teacher.kind=hard'],
      ["teacher.kind='hard' needs model.distillation=True"]),
-])
-def test_bad_input_is_one_line(tmp_path, args, fragments):
-  workdir = tmp_path / 'run'
-  proc = run_main(args + ['--workdir', str(workdir)])
-  _one_line_error(proc, *fragments)
+]
+
+
+@pytest.fixture(scope='module')
+def bad_input_runs(tmp_path_factory):
+  """Every BAD_INPUT command line, each with its own workdir, run in one interpreter
+  (conftest.run_main_batch: a forked `python -m vit_jax.main` each)."""
+  root = tmp_path_factory.mktemp('bad_input')
+  workdirs = [root / str(i) / 'run' for i in range(len(BAD_INPUT))]
+  procs = run_main_batch([args + ['--workdir', str(w)]
+                          for (args, _), w in zip(BAD_INPUT, workdirs)])
+  return list(zip(procs, workdirs))
+
+
+@pytest.mark.parametrize('case', range(len(BAD_INPUT)),
+                         ids=[' '.join(a[1:]) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_line(bad_input_runs, case):
+  proc, workdir = bad_input_runs[case]
+  _one_line_error(proc, *BAD_INPUT[case][1])
   assert not workdir.exists()  # nothing was started
 
 

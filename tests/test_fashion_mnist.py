@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+import tiny_run
 from vit_jax.data import fashion_mnist as fm
 from vit_jax.data import sources
 
@@ -153,7 +154,7 @@ def test_short_real_training_reaches_a_top1_a_broken_pipeline_cannot(tmp_path):
        '--config.augment.hflip=False', '--config.dataset.random_crop_padding=0',
        '--config.optim.warmup_epochs=0.1', '--config.optim.lr=2e-3',
        '--config.optim.min_lr=2e-3',
-       '--config.log_every_steps=0', '--config.compilation_cache_dir='],
+       '--config.log_every_steps=0', f'--config.compilation_cache_dir={tiny_run.XLA_CACHE}'],
       cwd=REPO, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

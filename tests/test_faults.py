@@ -3,7 +3,9 @@
 SIGKILL, SIGTERM, a corrupt checkpoint, non-finite steps, an incompatible
 resume, a workdir that cannot be written and a disk that fills up.
 """
+import asyncio
 import errno
+import json
 import os
 import re
 import signal
@@ -23,6 +25,11 @@ from vit_jax.train import loop
 from vit_jax.train import resume
 
 EXIT_ERROR, EXIT_PREEMPTED = 2, 75
+# Where no stop falls inside an epoch (the faults at a checkpoint, a resume, a step named
+# by its number), 23 steps an epoch instead of tiny_run's 375.
+WHOLE = {'batch_size': 64}
+# Checkpoint steps count optimizer updates: an epoch of WHOLE's runs is this many.
+WHOLE_STEPS = tiny_run.STEPS_PER_EPOCH * tiny_run.OVERRIDES['batch_size'] // WHOLE['batch_size']
 
 
 def _start(cmd, env=None):
@@ -81,8 +88,8 @@ def test_sigterm_checkpoints_mid_epoch_exits_75_and_resumes_exactly(tmp_path):
 
 def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
   workdir = str(tmp_path)
-  loop.train_and_evaluate(tiny_run.config(), workdir, stop_after_epoch=2)
-  ckpt, n = os.path.join(workdir, 'checkpoints'), tiny_run.STEPS_PER_EPOCH
+  loop.train_and_evaluate(tiny_run.config(**WHOLE), workdir, stop_after_epoch=2)
+  ckpt, n = os.path.join(workdir, 'checkpoints'), WHOLE_STEPS
   data = os.path.join(ckpt, str(2 * n), 'state', 'd')
   for name in os.listdir(data):                # truncated array files
     path = os.path.join(data, name)
@@ -90,23 +97,23 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
   os.makedirs(os.path.join(ckpt, '3.orbax-checkpoint-tmp-1234', 'state'))   # an unfinished save
   capsys.readouterr()
 
-  loop.train_and_evaluate(tiny_run.config(), workdir)
+  loop.train_and_evaluate(tiny_run.config(**WHOLE), workdir)
   err = capsys.readouterr().err
   warnings = [l for l in err.splitlines() if l.startswith('warning:')]
   assert len(warnings) == 1 and f'step {2 * n}' in warnings[0]
   assert f'falling back to step {n}' in warnings[0]
   assert os.path.isdir(os.path.join(ckpt, f'{2 * n}.unreadable'))
-  tiny_run.assert_same_metrics(tiny_run.rows(workdir))
+  tiny_run.assert_same_metrics(tiny_run.rows(workdir), tiny_run.reference(**WHOLE))
 
 
 def test_nonfinite_step_stops_naming_it_and_keeps_the_last_checkpoint(tmp_path):
-  c = tiny_run.config()
+  c = tiny_run.config(**WHOLE)
   workdir = str(tmp_path)
   loop.train_and_evaluate(c, workdir, stop_after_epoch=1)
   before = snapshot(workdir)
 
   c.optim.update(lr=1e30, warmup_lr=1e30)      # the first update overflows the params
-  n = tiny_run.STEPS_PER_EPOCH
+  n = 1500 // WHOLE['batch_size']
   with pytest.raises(FloatingPointError, match=r'non-finite loss or gradient at step \d+ ') as e:
     loop.train_and_evaluate(c, workdir)
   step = int(re.search(r'at step (\d+)', str(e.value)).group(1))
@@ -122,9 +129,9 @@ def test_nonfinite_step_stops_naming_it_and_keeps_the_last_checkpoint(tmp_path):
 
 def test_incompatible_resume_is_one_line_and_touches_nothing(tmp_path):
   workdir = tmp_path / 'run'
-  loop.train_and_evaluate(tiny_run.config(), str(workdir), stop_after_epoch=1)
+  loop.train_and_evaluate(tiny_run.config(**WHOLE), str(workdir), stop_after_epoch=1)
   before = snapshot(workdir)
-  proc = run_main(tiny_run.args(workdir, **{'model.width': 48}), env=tiny_run.ENV)
+  proc = run_main(tiny_run.args(workdir, **WHOLE, **{'model.width': 48}), env=tiny_run.ENV)
   assert proc.returncode == EXIT_ERROR
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: ') and 'different model' in lines[0]
@@ -158,7 +165,7 @@ def test_unwritable_workdir_is_one_line_before_any_work(read_only_dir):
 
 def test_full_disk_at_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
   workdir = str(tmp_path)
-  loop.train_and_evaluate(tiny_run.config(), workdir, stop_after_epoch=1)
+  loop.train_and_evaluate(tiny_run.config(**WHOLE), workdir, stop_after_epoch=1)
   handler = ocp.handlers.JsonCheckpointHandler       # writes the data item of every step
   real_save = handler.async_save
 
@@ -168,15 +175,15 @@ def test_full_disk_at_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
   monkeypatch.setattr(handler, 'async_save', full_disk)
-  n = tiny_run.STEPS_PER_EPOCH                       # checkpoint steps count updates
+  n = WHOLE_STEPS                                     # checkpoint steps count updates
   with pytest.raises(OSError, match=rf'could not write checkpoint step {2 * n} .*No space left '
                      rf'on device.*step {n} in .* is intact'):
-    loop.train_and_evaluate(tiny_run.config(), workdir)
+    loop.train_and_evaluate(tiny_run.config(**WHOLE), workdir)
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(n)]
 
   monkeypatch.setattr(handler, 'async_save', real_save)
-  loop.train_and_evaluate(tiny_run.config(), workdir)   # the disk has room again
-  tiny_run.assert_same_metrics(tiny_run.rows(workdir))
+  loop.train_and_evaluate(tiny_run.config(**WHOLE), workdir)   # the disk has room again
+  tiny_run.assert_same_metrics(tiny_run.rows(workdir), tiny_run.reference(**WHOLE))
 
 
 def _orbax_threads(before) -> list:
@@ -184,11 +191,12 @@ def _orbax_threads(before) -> list:
           and type(t).__module__.startswith('orbax.')]
 
 
-@pytest.mark.parametrize('where', ['mkdir', 'item'])
+@pytest.mark.parametrize('where', ['mkdir', 'item', 'write'])
 def test_full_disk_leaves_no_writer_thread_and_no_tmp_folder(tmp_path, monkeypatch, where):
-  """A full disk at the step folder's mkdir (what a real one hits first) or at an item's
-  save: one OSError, no orbax thread left waiting (they held the interpreter 300 s after
-  the tests) and no *.orbax-checkpoint-tmp folder (a writer re-made it after the cleanup)."""
+  """A full disk at the step folder's mkdir (what a real one hits first), at an item's
+  save, or in one writer thread while another is still writing: one OSError, no orbax
+  thread left waiting (they held the interpreter 300 s after the tests) and no
+  *.orbax-checkpoint-tmp folder (a writer still going re-made it after the cleanup)."""
   mngr = checkpoint.manager(str(tmp_path), 1)
   state = {'w': jnp.arange(16.0).reshape(4, 4)}
   checkpoint.save(mngr, 1, state, {'seed': 0}, {'val_acc1': 1.0})
@@ -201,17 +209,26 @@ def test_full_disk_leaves_no_writer_thread_and_no_tmp_folder(tmp_path, monkeypat
         raise enospc
       return real_mkdir(path, *args, **kwargs)
     monkeypatch.setattr(os, 'mkdir', mkdir)
-  else:
+  elif where == 'item':
     def full_disk(self, directory, *args, **kwargs):
       directory.mkdir(parents=True, exist_ok=True)
       (directory / 'metadata').write_text('{"half')
       raise enospc
     monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, 'async_save', full_disk)
+  else:   # the data item's writer fails at once; the metrics one is still busy, and, as
+    # tensorstore does for the arrays, makes the folders it writes to
+    async def write(self, x, directory):
+      if directory.name.startswith('data'):
+        raise enospc
+      await asyncio.sleep(0.5)
+      os.makedirs(directory, exist_ok=True)
+      (directory / self._filename).write_text(json.dumps(x))
+    monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, '_save_fn', write)
   before = set(threading.enumerate())
   with pytest.raises(OSError, match=r'step 2 .*No space left on device.*step 1 in .* intact'):
     checkpoint.save(mngr, 2, state, {'seed': 0}, {'val_acc1': 2.0})
   monkeypatch.undo()
-  time.sleep(0.5)    # room for a writer that would still re-make the folder
+  time.sleep(1.0)    # room for a writer that would still re-make the folder
   assert _orbax_threads(before) == []
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']
   mngr.close()

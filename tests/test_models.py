@@ -11,6 +11,7 @@ import pytest
 from vit_jax import models
 from vit_jax.models import layers
 from vit_jax.models import svd_taps
+from vit_jax.models import token_norms
 from vit_jax.models import variants
 from vit_jax.models import vit
 
@@ -247,6 +248,21 @@ def test_tap_features_hand_values():
   expected = [0.75, 0.25, 1.0, 1.0, 0.0, -(p * np.log(p)).sum()]
   np.testing.assert_allclose(f, expected, atol=1e-5)
   assert f.dtype == jnp.float32 and f.shape == (svd_taps.features_per_tap(2),)
+
+
+def test_outlier_rule_by_hand():
+  """config.probe: an outlier's norm is above factor x the median ('relative') or above the
+  threshold ('absolute'); a norm exactly at the limit is not one."""
+  norms = np.array([[1.0, 1.0, 2.0, 1.0], [1.0, 2.5, 1.0, 1.0]])     # median 1
+  probe = ml_collections.ConfigDict(dict(outlier_rule='relative', outlier_factor=2.0,
+                                         outlier_threshold=2.0))
+  np.testing.assert_array_equal(token_norms.outlier_mask(norms, 'relative', 2.0, 0.0),
+                                norms > 2.0)
+  assert token_norms.stats(norms, probe) == pytest.approx(
+      {'l2_norm_mean': 10.5 / 8, 'l2_norm_std': np.sqrt(np.mean((norms - 10.5 / 8) ** 2)),
+       'l2_outlier_ratio': 1 / 8})
+  probe.update(outlier_rule='absolute', outlier_threshold=1.0)
+  assert token_norms.stats(norms, probe)['l2_outlier_ratio'] == 2 / 8
 
 
 def test_svd_taps_are_detached():

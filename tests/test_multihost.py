@@ -2,18 +2,18 @@
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
 
-from conftest import REPO, run_main
+from conftest import REPO, run_main, run_main_batch
 import tiny_run
 from vit_jax import exits
 from vit_jax.train import checkpoint
+from vit_jax.train import loop
 
 
 def _free_port() -> int:
@@ -41,60 +41,75 @@ def _launch(workdir, n, envs=None, **more):
 
 BATCH = 64   # global: 32 rows per process, 23 steps per epoch
 
+# One workdir trained an epoch per launch (launch k: total_epochs=k of a CHAIN-long schedule), each launch on another
+# topology, so that every move between them that behaves differently is made once: a
+# one-process checkpoint restored by two processes, a two-process one by two (resume across
+# processes), a two-process one into one process's four-device mesh, and a four-device one
+# on one device.
+CHAIN = ('1 process', '2 processes', '2 processes', '4 devices', '1 process')
 
-def test_two_processes_train_like_one_and_resume_across_processes(tmp_path):
-  workdir = tmp_path / 'run'
-  # A run of 2 epochs (schedule_epochs) whose first launch stops after epoch 1; the second
-  # launch restores its checkpoint.
-  for total in (1, 2):
-    results = _launch(workdir, 2, total_epochs=total, schedule_epochs=2, batch_size=BATCH)
-    for rc, out in results:
-      assert rc == 0, out[-3000:]
-    assert ('resumed from' in results[0][1]) == (total == 2)
-  assert 'on 2 device(s)' in results[0][1]
+
+def _launch_on(workdir, topology, **more):
+  if topology.endswith('processes'):
+    return _launch(workdir, int(topology[0]), **more)
+  env = dict(tiny_run.ENV)
+  if topology == '4 devices':
+    env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+  proc = run_main(tiny_run.args(workdir, **more), env=env)
+  return [(proc.returncode, proc.stdout + proc.stderr)]
+
+
+@pytest.fixture(scope='module')
+def chain(tmp_path_factory):
+  """The CHAIN's workdir and each launch's (returncode, output) per process."""
+  workdir = tmp_path_factory.mktemp('chain') / 'run'
+  # Each launch stops one epoch later on the same schedule: extending a run is explicit
+  # (schedule_epochs), a changed total_epochs alone is refused on resume.
+  launches = [_launch_on(workdir, topology, total_epochs=epoch, schedule_epochs=len(CHAIN),
+                         batch_size=BATCH)
+              for epoch, topology in enumerate(CHAIN, 1)]
+  return workdir, launches
+
+
+@pytest.mark.parametrize('epoch', range(1, len(CHAIN) + 1),
+                         ids=[f'epoch {e} on {t}' for e, t in enumerate(CHAIN, 1)])
+def test_each_launch_resumes_on_its_topology(chain, epoch):
+  _, launches = chain
+  results, topology = launches[epoch - 1], CHAIN[epoch - 1]
+  for rc, out in results:
+    assert rc == 0, out[-3000:]
+  devices = {'4 devices': 4, '1 process': 1, '2 processes': 2}[topology]
+  assert f'on {devices} device(s)' in results[0][1]
+  assert ('resumed from' in results[0][1]) == (epoch > 1)
+  if epoch > 1:
+    assert f'at epoch {epoch - 1}' in results[0][1], results[0][1][-2000:]
+
+
+def test_a_checkpoint_resumes_on_another_topology_as_if_never_moved(chain, tmp_path):
+  """Every epoch of the chain equals the same launches (total_epochs 1, 2, ..., each
+  resuming the last, as the schedule depends on total_epochs) made in this process on one
+  device, within 1e-5 (data-parallel sums over other device counts round differently):
+  the train state is restored into each new mesh and the data stream resumes at the
+  saved step, its order depending on neither the device nor the process count. Epochs 2
+  and 3 are two processes training like one."""
+  workdir, _ = chain
+  for total in range(1, len(CHAIN) + 1):
+    loop.train_and_evaluate(tiny_run.config(batch_size=BATCH, total_epochs=total,
+                                            schedule_epochs=len(CHAIN)),
+                            str(tmp_path / 'one_device'))
+  rows, reference = tiny_run.rows(workdir), tiny_run.rows(tmp_path / 'one_device')
+  tiny_run.assert_same_metrics(rows, reference, tol=1e-5)
+  diff = max(abs(float(a[k]) - float(b[k])) for a, b in zip(rows[1:3], reference[1:3])
+             for k in ('train_loss', 'val_loss'))
+  print(f'2 processes vs 1: max loss difference {diff:.2e}')
   saved = json.loads(open(os.path.join(checkpoint.epoch_dir(str(workdir), 2), 'data',
                                        'metadata')).read())
   assert saved == dict(num_records=1500, global_batch=BATCH, seed=0, repeats=1)
-  rows = tiny_run.rows(workdir)
-  reference = tiny_run.reference(batch_size=BATCH)
-  tiny_run.assert_same_metrics(rows, reference, tol=1e-5)
-  diff = max(abs(float(a[k]) - float(b[k])) for a, b in zip(rows, reference)
-             for k in ('train_loss', 'val_loss'))
-  print(f'2 processes vs 1: max loss difference {diff:.2e}')
 
 
-@pytest.mark.parametrize('first,then', [('4 devices', '1 process'), ('1 process', '2 processes'),
-                                        ('2 processes', '1 process')])
-def test_a_checkpoint_resumes_on_another_topology(tmp_path, first, then):
-  """Epoch 1 on one topology, epoch 2 on another: the train state is restored into the new
-  mesh and the data stream resumes at the saved step (its order depends on neither the
-  device nor the process count), so both epochs equal an uninterrupted one-process run's
-  (within 1e-5: data-parallel sums over other device counts round differently)."""
+def test_another_batch_size_is_refused_before_anything_is_touched(chain, tmp_path):
   workdir = tmp_path / 'run'
-  for topology, total in ((first, 1), (then, 2)):   # a 2-epoch schedule, in two launches
-    if topology.endswith('processes'):
-      results = _launch(workdir, int(topology[0]), total_epochs=total, schedule_epochs=2,
-                        batch_size=BATCH)
-    else:
-      env = dict(tiny_run.ENV)
-      if topology == '4 devices':
-        env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
-      proc = run_main(tiny_run.args(workdir, total_epochs=total, schedule_epochs=2,
-                                    batch_size=BATCH), env=env)
-      results = [(proc.returncode, proc.stdout + proc.stderr)]
-    for rc, out in results:
-      assert rc == 0, out[-3000:]
-    devices = {'4 devices': 4, '1 process': 1, '2 processes': 2}[topology]
-    assert f'on {devices} device(s)' in results[0][1]
-    assert ('resumed from' in results[0][1]) == (total == 2)
-  tiny_run.assert_same_metrics(tiny_run.rows(workdir), tiny_run.reference(batch_size=BATCH),
-                               tol=1e-5)
-
-
-def test_another_batch_size_is_refused_before_anything_is_touched(tmp_path):
-  workdir = tmp_path / 'run'
-  proc = run_main(tiny_run.args(workdir, total_epochs=1, batch_size=BATCH), env=tiny_run.ENV)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  shutil.copytree(chain[0], workdir)
   before = sorted(os.walk(workdir))
   proc = run_main(tiny_run.args(workdir, batch_size=32), env=tiny_run.ENV)
   line = _one_line_error(proc)
@@ -140,32 +155,46 @@ def _one_line_error(proc):
   return lines[0]
 
 
-def test_missing_processes_stop_within_the_timeout_naming_the_count(tmp_path):
-  address = f'localhost:{_free_port()}'
-  start = time.time()
-  proc = run_main(tiny_run.args(tmp_path / 'run', **_dist(address, 2, 0, timeout=3)),
-                  env=tiny_run.ENV, timeout=120)
+@pytest.fixture(scope='module')
+def start_errors(tmp_path_factory):
+  """Command lines that stop before training, run in one interpreter (a forked
+  `python -m vit_jax.main` each): name -> (CompletedProcess with .seconds, workdir, address)."""
+  root = tmp_path_factory.mktemp('start_errors')
+  cases = {
+      # 2 processes expected, only process 0 started
+      'missing': _dist(f'localhost:{_free_port()}', 2, 0, timeout=3),
+      'unreachable': _dist(f'127.0.0.1:{_free_port()}', 2, 1, timeout=3),  # nothing listens
+      **{f'bad {i}': overrides for i, (overrides, _) in enumerate(BAD_DISTRIBUTED)}}
+  workdirs = {name: root / name.replace(' ', '_') / 'run' for name in cases}
+  procs = run_main_batch([tiny_run.args(workdirs[n], **more) for n, more in cases.items()],
+                         env=tiny_run.ENV, timeout=300)
+  return {n: (p, workdirs[n], cases[n].get('distributed.coordinator_address'))
+          for n, p in zip(cases, procs)}
+
+
+def test_missing_processes_stop_within_the_timeout_naming_the_count(start_errors):
+  proc, _, address = start_errors['missing']
   line = _one_line_error(proc)
-  assert time.time() - start < 60
+  assert proc.seconds < 60
   assert 'did not finish in 3s' in line and '2 processes' in line and address in line
 
 
-def test_unreachable_coordinator_stops_within_the_timeout_naming_it(tmp_path):
-  address = f'127.0.0.1:{_free_port()}'     # nothing listens there
-  start = time.time()
-  proc = run_main(tiny_run.args(tmp_path / 'run', **_dist(address, 2, 1, timeout=3)),
-                  env=tiny_run.ENV, timeout=120)
+def test_unreachable_coordinator_stops_within_the_timeout_naming_it(start_errors):
+  proc, _, address = start_errors['unreachable']
   line = _one_line_error(proc)
-  assert time.time() - start < 60 and address in line
+  assert proc.seconds < 60 and address in line
 
 
-@pytest.mark.parametrize('overrides,fragment', [
+BAD_DISTRIBUTED = [
     ({'distributed.num_processes': 2}, 'needs distributed.coordinator_address=HOST:PORT'),
     ({'distributed.coordinator_address': 'nohostport'}, 'must be HOST:PORT'),
     ({'distributed.coordinator_address': 'localhost:1', 'distributed.num_processes': 2,
       'distributed.process_id': 2}, 'distributed.process_id=2 must be < '),
-])
-def test_bad_distributed_config_is_one_line(tmp_path, overrides, fragment):
-  proc = run_main(tiny_run.args(tmp_path / 'run', **overrides), env=tiny_run.ENV)
-  assert fragment in _one_line_error(proc)
-  assert not (tmp_path / 'run').exists()
+]
+
+
+@pytest.mark.parametrize('case', range(len(BAD_DISTRIBUTED)))
+def test_bad_distributed_config_is_one_line(start_errors, case):
+  proc, workdir, _ = start_errors[f'bad {case}']
+  assert BAD_DISTRIBUTED[case][1] in _one_line_error(proc)
+  assert not workdir.exists()

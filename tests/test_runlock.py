@@ -16,6 +16,9 @@ from vit_jax import runlock
 from vit_jax.train import loop
 
 EXIT_ERROR = 2
+# For runs whose length is not the point (only the first run of the concurrent pair must
+# live long enough to be found): 23 steps an epoch instead of tiny_run's 375.
+SHORT = {'batch_size': 64}
 
 
 def _dead_pid() -> int:
@@ -67,7 +70,7 @@ def test_a_second_run_is_refused_while_the_first_lives(tmp_path):
 def test_a_dead_runs_lock_is_taken_over_with_one_warning(tmp_path):
   workdir = tmp_path / 'run'
   stale = _write_lock(workdir, started=time.time() - 3600)
-  proc = run_main(tiny_run.args(workdir, total_epochs=1), env=tiny_run.ENV)
+  proc = run_main(tiny_run.args(workdir, total_epochs=1, **SHORT), env=tiny_run.ENV)
   assert proc.returncode == 0, proc.stderr[-3000:]
   warnings = [l for l in proc.stderr.splitlines() if l.startswith('warning:')]
   assert len(warnings) == 1, proc.stderr
@@ -81,7 +84,7 @@ def test_a_lock_from_another_host_is_kept_while_its_lease_is_renewed(tmp_path, a
   workdir = tmp_path / 'run'
   _write_lock(workdir, host='gpu-node-17', pid=4242, renewed=time.time() - age_s)
   before = _listing(workdir)
-  proc = run_main(tiny_run.args(workdir, total_epochs=1), env=tiny_run.ENV)
+  proc = run_main(tiny_run.args(workdir, total_epochs=1, **SHORT), env=tiny_run.ENV)
   if refused:
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == EXIT_ERROR and len(lines) == 1, proc.stderr
@@ -120,8 +123,8 @@ def test_lock_rules(tmp_path):
 def test_an_unreadable_step_that_cannot_be_set_aside_is_skipped(tmp_path, monkeypatch, capsys):
   """The step vanishes (or cannot be renamed) between the failed read and the rename."""
   workdir = str(tmp_path)
-  loop.train_and_evaluate(tiny_run.config(), workdir, stop_after_epoch=2)
-  n = tiny_run.STEPS_PER_EPOCH                         # checkpoint steps count updates
+  loop.train_and_evaluate(tiny_run.config(**SHORT), workdir, stop_after_epoch=2)
+  n = tiny_run.STEPS_PER_EPOCH * tiny_run.OVERRIDES['batch_size'] // SHORT['batch_size']  # updates
   data = os.path.join(workdir, 'checkpoints', str(2 * n), 'state', 'd')
   for name in os.listdir(data):
     os.truncate(os.path.join(data, name), 0)
@@ -133,7 +136,7 @@ def test_an_unreadable_step_that_cannot_be_set_aside_is_skipped(tmp_path, monkey
     return real_rename(src, dst, *a, **k)
   monkeypatch.setattr(os, 'rename', failing_rename)
   capsys.readouterr()
-  row = loop.train_and_evaluate(tiny_run.config(total_epochs=1), workdir)
+  row = loop.train_and_evaluate(tiny_run.config(total_epochs=1, **SHORT), workdir)
   err = capsys.readouterr().err
   assert f'checkpoint step {2 * n}' in err and f'falling back to step {n}' in err
   assert f'could not set checkpoint step {2 * n} aside (No such file or directory' in err

@@ -105,23 +105,32 @@ def test_slurm_submits_each_run_with_the_callers_environment(tmp_path, capsys, m
     (['--grid', 'optim.lr='], '--grid optim.lr=\'\' needs comma-separated values'),
     (['--seeds', '0,x'], "--seeds='0,x' must be comma-separated integers"),
     (['--grid', 'seed=1,2'], 'give seeds with --seeds'),
+    (['--seeds', '0,1,0'], "--seeds='0,1,0' repeats a seed"),
+    (['--grid', 'optim.lr=1e-3,2e-3', '--set', 'optim.lr=3e-3'],
+     "'optim.lr' is in both --grid and --set"),
+    (['--grid', 'dataset.data_dir=a/b,a_b'], "two grid points would share the workdir "
+                                             "'dataset.data_dir=a_b__seed=0'"),
 ])
-def test_a_bad_grid_is_one_line_before_any_run(tmp_path, capsys, args, message):
-  root = str(tmp_path / 'sweep')
+def test_a_bad_grid_is_one_line_before_any_run(tmp_path, capsys, monkeypatch, args, message):
+  root, calls = str(tmp_path / 'sweep'), []
+  _stand_in(monkeypatch, calls)    # were it not refused, no run would train
   assert sweep.main(['--config', 'configs/vanilla.py:quick', '--root', root] + args) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: ') and message in err[0], err
-  assert not os.path.exists(root)
+  assert not os.path.exists(root) and calls == []
 
 
-def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, capsys, monkeypatch):
-  """The first run's process fails; the second still runs; the exit status is 1."""
+@pytest.mark.parametrize('code', [1, 3])
+def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, capsys, monkeypatch, code):
+  """The first run's process fails (any non-zero exit status); the second still runs; the
+  exit status is 1."""
   calls = []
 
   def command(args, run):
     calls.append(run['name'])
-    code = 3 if run['overrides']['seed'] == '0' else 0
-    return [sys.executable, '-c', f'print("error: stopped on purpose"); raise SystemExit({code})']
+    code_now = code if run['overrides']['seed'] == '0' else 0
+    return [sys.executable, '-c',
+            f'print("error: stopped on purpose"); raise SystemExit({code_now})']
 
   monkeypatch.setattr(sweep, 'main_command', command)
   root = str(tmp_path / 'sweep')
@@ -129,7 +138,7 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, capsys, monkey
                      '--root', root]) == 1
   out, err = capsys.readouterr()
   assert calls == ['seed=0', 'seed=1']
-  assert '[1/2] seed=0: FAILED (exit code 3): error: stopped on purpose' in out
+  assert f'[1/2] seed=0: FAILED (exit code {code}): error: stopped on purpose' in out
   assert '[2/2] seed=1: done' in out
   assert err.strip() == 'sweep: 1 of 2 runs failed: seed=0'
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+import tiny_run
 from vit_jax import config_lib
 from vit_jax.train import checkpoint
 from vit_jax.train import loop
@@ -78,8 +79,8 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_sharded_step_equals_single_device():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             JAX_PLATFORMS='cpu')
+  env = dict(os.environ, **tiny_run.ENV,   # ENV: the tests' compilation cache, CPU only
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
   proc = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'sharded_step.py'), REPO],
                         capture_output=True, text=True, env=env, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]

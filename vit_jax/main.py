@@ -164,7 +164,8 @@ def dispatch(config):
     sys.exit(exits.PREEMPTED)
 
 
-if __name__ == '__main__':
+def cli():
+  """python -m vit_jax.main: sys.argv parsed and run; an error is one line, exit 2."""
   try:
     app.run(main, flags_parser=parse_flags)
   except SystemExit as e:
@@ -172,3 +173,7 @@ if __name__ == '__main__':
       print(e.code, file=sys.stderr, flush=True)
       sys.exit(exits.ERROR)
     raise
+
+
+if __name__ == '__main__':
+  cli()

@@ -3,6 +3,7 @@ DeiT-III's 3-Augment pieces (torchvision Grayscale(3), ImageOps.solarize, PIL's
 GaussianBlur) and torchvision's ColorJitter on PIL images, exact; timm's Mixup given the
 same lambda and box, within 1e-6; timm's RandomErasing, whose draws come from Python's
 `random` and cannot be shared, by the distribution of what it erases."""
+import math
 import os
 import random
 import subprocess
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 import pytest
+from scipy import stats
 import torch
 import torchvision.transforms as T
 from timm.data import Mixup
@@ -301,3 +303,58 @@ def test_hflip_is_torchvisions_horizontal_flip_on_half_of_the_images():
     assert same != mirrored
     flipped.append(mirrored)
   assert abs(np.mean(flipped) - 0.5) < 0.045, np.mean(flipped)
+
+
+def test_random_erasing_box_equals_timms_given_the_same_draws(monkeypatch):
+  """Both sides' draws replaced by the same plan: the first attempt is exactly as tall as
+  the 10 x 12 image (area 100/360, aspect 3), which timm's strict fit test (h < H, w < W)
+  passes over; the second fits and is placed at the last row and column that timm's
+  inclusive randint(0, H - h) allows. Our box is the one timm erases (mode 'const' on ones),
+  and we ask for the same ranges: the area and log aspect bounds, and the placements."""
+  h, w = 10, 12
+  areas, log_aspects = [100 / 360, 0.1] + [0.2] * 8, [math.log(3.0), 0.0] + [0.0] * 8
+  placements = [7, 9]
+  asked = {'ours': [], 'timm': []}
+
+  def planned(values, side):
+    """A draw that hands out `values` in turn and records the arguments it was given."""
+    it = iter(values)
+
+    def draw(*args, **kwargs):
+      asked[side].append(tuple(float(a) for a in (args + tuple(kwargs.values()))[-2:]))
+      return next(it)
+    return draw
+
+  monkeypatch.setattr(random, 'random', lambda: 0.0)                 # timm: apply
+  monkeypatch.setattr(random, 'uniform', planned(
+      [v for pair in zip(areas, log_aspects) for v in pair], 'timm'))
+  monkeypatch.setattr(random, 'randint', planned(placements, 'timm'))
+  img = torch.ones(3, h, w)
+  RandomErasing(probability=1.0, mode='const', device='cpu')._erase(img, 3, h, w, img.dtype)
+  (want,) = _boxes((img == 0).all(0).numpy()[None])
+
+  monkeypatch.setattr(jax.random, 'bernoulli', lambda key, p: jnp.asarray(True))
+  monkeypatch.setattr(jax.random, 'uniform', planned(
+      [jnp.asarray(areas, jnp.float32), jnp.asarray(log_aspects, jnp.float32)], 'ours'))
+  monkeypatch.setattr(jax.random, 'randint', planned(
+      [jnp.asarray(p, jnp.int32) for p in placements], 'ours'))
+  got = augment.erase_draws(jax.random.key(0), h, w, prob=0.25)
+  assert tuple(int(v) for v in got) == tuple(int(v) for v in want) == (1, 7, 9, 3, 3)
+  theirs, ours = asked['timm'], asked['ours']
+  np.testing.assert_allclose(ours[:2], theirs[:2], rtol=1e-6)      # area and aspect ranges
+  assert [(lo, hi - 1) for lo, hi in ours[2:]] == theirs[-2:]       # exclusive vs inclusive
+
+
+def test_cutmix_box_is_placed_as_timms_rand_bbox(monkeypatch):
+  """mix_draws' box with lambda fixed at 0.64 (its Beta draw replaced; cut 0.6 of each
+  side), 4,000 keys, against timm's rand_bbox((H, W), 0.64) over 4,000 numpy draws: y0,
+  y1, x0, x1 each within a two-sample KS distance of 0.06 (0.1% critical value 0.043) on
+  this 30 x 26 image, where a centre drawn over the wrong side moves one by > 0.1."""
+  n = 4000
+  monkeypatch.setattr(jax.random, 'beta', lambda key, a, b: jnp.float32(0.64))
+  ours = jax.vmap(lambda k: augment.mix_draws(k, H, W, mixup_alpha=0.0, cutmix_alpha=1.0)[2])(
+      jax.random.split(jax.random.key(0), n))
+  np.random.seed(0)
+  theirs = timm_mixup.rand_bbox((H, W), 0.64, count=n)
+  for name, a, b in zip(('y0', 'y1', 'x0', 'x1'), ours, theirs):
+    assert stats.ks_2samp(np.asarray(a), b).statistic < 0.06, name

@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from vit_jax.models import convert
 from vit_jax.models import vit
-from refutil import Seed000, images as _images, mean_peak, randomize_
+from refutil import Seed000, gram_eigh_svd, images as _images, mean_peak, randomize_, svd_features
 
 SHAPE = dict(image_size=32, patch_size=8, width=48, depth=3, num_heads=4, mlp_ratio=2.0)
 TIMM_SHAPE = dict(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=4, mlp_ratio=2.0,
@@ -269,9 +269,11 @@ def test_training_forward_with_drop_path_matches_timm_given_the_same_masks(monke
     assert np.abs(ref(_nchw(images)).numpy() - want).max() > 100 * LOGITS_ATOL
 
 
-def test_train_step_forward_is_the_training_one(monkeypatch):
-  """The train step's loss is the cross-entropy of timm's training-mode logits under the
-  same masks (no augmentation, no smoothing): the step runs the model with drop-path."""
+@pytest.mark.parametrize('smoothing', [0.0, 0.1])
+def test_train_step_forward_is_the_training_one(monkeypatch, smoothing):
+  """The train step's loss is torch's cross-entropy (with config.loss.label_smoothing) of
+  timm's training-mode logits under the same masks, no augmentation: the step runs the
+  model with drop-path and smooths its targets."""
   from vit_jax import config_lib
   from vit_jax.train import steps
   ref, model, feeds = _drop_path_pair(monkeypatch)
@@ -279,6 +281,7 @@ def test_train_step_forward_is_the_training_one(monkeypatch):
   c.model.update(image_size=32, patch_size=8, width=48, depth=3, num_heads=4, mlp_ratio=2.0,
                  layerscale_init=1e-4, pos_embed='patches', drop_path_rate=DROP_PATH)
   c.dataset.update(num_classes=7)
+  c.loss.label_smoothing = smoothing
   c.batch_size = 3
   compiled = steps.CompiledSteps(c)
   params = convert.from_torch(ref.state_dict(), model, 'timm')
@@ -292,6 +295,29 @@ def test_train_step_forward_is_the_training_one(monkeypatch):
   ref.train()
   with torch.no_grad():
     want = torch.nn.functional.cross_entropy(ref(_nchw(x.astype(np.float32))),
-                                             torch.from_numpy(labels).long()).item()
+                                             torch.from_numpy(labels).long(),
+                                             label_smoothing=smoothing).item()
   _check_feeds(feeds)
   assert float(metrics['loss']) == pytest.approx(want, rel=1e-5)
+
+
+def test_svd_taps_read_only_the_patch_tokens(images):
+  """With 2 registers between cls and the patches, each tap summarises the patch tokens of
+  its block only: the logits equal the linear head over [final-normed cls, seed 000's
+  summary (refutil's torch transcription, float64) of (block output's last 16 tokens x the
+  tap's projection)] within 1e-4 (float32 eigh). The registers are set far from their
+  1e-6 init, so that a tap reading them would show."""
+  model = vit.ViT(num_classes=7, **SHAPE, layerscale_init=0.0, pos_embed='patches',
+                  num_registers=2, svd_tap_layers=(1, 3), svd_rank=4)
+  params = model.init(jax.random.key(0), jnp.asarray(images))['params']
+  params['registers'] = 3.0 * jax.random.normal(jax.random.key(1), params['registers'].shape)
+  logits, out = model.apply({'params': params}, jnp.asarray(images), capture=True)
+  t = lambda a: torch.from_numpy(np.asarray(a, np.float64))
+  feats = []
+  for i, layer in enumerate((1, 3)):
+    patches = t(out['blocks'][layer - 1])[:, -16:]          # (32 / 8)^2 patches, last
+    h = patches @ t(params[f'svd_proj_{i}']['kernel'])
+    feats.append(svd_features(*gram_eigh_svd(h)))
+  head = params['head']['out']
+  want = torch.cat([t(out['pre_logits'])] + feats, -1) @ t(head['kernel']) + t(head['bias'])
+  np.testing.assert_allclose(np.asarray(logits), want.numpy(), atol=1e-4, rtol=0)

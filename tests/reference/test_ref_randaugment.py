@@ -78,7 +78,9 @@ def test_timm_op(monkeypatch, name, level, sign):
 def _tv_cases():
   space = T.RandAugment()._augmentation_space(31, (H, W))
   for name in ra.TORCHVISION_OPS:
-    for bin_ in (9, 17, 30):
+    # 12 for Posterize: 8 - round(1.6) tells its round from a floor (elsewhere at 12 the
+    # shears hit exact half-pixel ties, decided by float64 vs float32 rounding)
+    for bin_ in (9, 12, 17, 30) if name == 'Posterize' else (9, 17, 30):
       for sign in ((1.0, -1.0) if space[name][1] else (1.0,)):
         yield name, bin_, sign
 
@@ -182,3 +184,36 @@ def test_timm_level_noise_equals_augment_ops(monkeypatch, magnitude, std):
   theirs = np.array([np.asarray(op(img))[0, 0, 0] for _ in range(n)], np.float32)
   assert stats.ks_2samp(ours, theirs).statistic < 0.04
   assert np.std(theirs[theirs > 120]) > 1.0     # the noise shows in the pixel
+
+
+@pytest.mark.parametrize('name', ['Solarize', 'Posterize'])
+@pytest.mark.parametrize('bin_', [20, 30])
+def test_torchvision_bins_above_ten_reach_the_op(monkeypatch, name, bin_):
+  """rand_augment's torchvision policy passes its bin (0-30, no noise, no clip at timm's
+  10) to the op: with only `name` to draw, every image equals torchvision's op at that bin
+  (pixel ops, exact)."""
+  monkeypatch.setitem(ra.POLICY, 'torchvision', ra.Policy(
+      {name: ra.TORCHVISION_OPS[name]}, 1.0, ra.POLICY['torchvision'].random_level))
+  img = _image(3)
+  outs = np.asarray(jax.jit(lambda k: ra.rand_augment(
+      k, jnp.broadcast_to(jnp.asarray(img, jnp.float32), (8, H, W, 3)), policy='torchvision',
+      num_layers=1, magnitude=bin_, magnitude_std=0.0, resample='nearest', fill=(0, 0, 0)))(
+          jax.random.key(0)))
+  magnitudes, _ = T.RandAugment()._augmentation_space(31, (H, W))[name]
+  want = np.asarray(tv_aa._apply_op(Image.fromarray(img), name, float(magnitudes[bin_]),
+                                    interpolation=T.InterpolationMode.NEAREST, fill=None))
+  for out in outs:
+    np.testing.assert_array_equal(out, want)
+
+
+def test_timm_fill_colour_is_deits():
+  """DeiT builds RandAugment with timm's create_transform, whose ops fill with
+  img_mean = round(255 x mean), capped at 255."""
+  from timm.data import create_transform
+  mean = (0.485, 0.456, 0.406)
+  t = create_transform(input_size=32, is_training=True, auto_augment='rand-m9-mstd0.5-inc1',
+                       interpolation='bicubic', mean=mean, std=(0.229, 0.224, 0.225))
+  (rand,) = [x for x in t.transforms if isinstance(x, timm_aa.RandAugment)]
+  assert ra.fill_colour('timm', mean) == rand.ops[0].kwargs['fillcolor'] == FILL
+  assert ra.fill_colour('timm', (0.5, 0.999, 0.0)) == (128, 255, 0)
+  assert ra.fill_colour('torchvision', mean) == (0, 0, 0)
