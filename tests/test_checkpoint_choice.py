@@ -104,13 +104,15 @@ def test_a_step_folder_without_its_state_is_not_a_saved_epoch(tmp_path):
   """orbax renames a finished step into place; a numbered folder without its state (a
   copy cut short) is no checkpoint, for 'latest' as for 'best'."""
   folder = tmp_path / 'checkpoints'
-  (folder / '2' / 'state').mkdir(parents=True)
-  (folder / '7' / 'metrics').mkdir(parents=True)
-  (folder / '7' / 'metrics' / 'metrics').write_text('{"val_acc1": 99.0}')
+  for step, acc in ((2 * UPDATES, 50.0), (7 * UPDATES, 99.0)):
+    (folder / str(step) / 'metrics').mkdir(parents=True)
+    (folder / str(step) / 'metrics' / 'metrics').write_text(
+        json.dumps({'epoch': step // UPDATES, 'val_acc1': acc}))
+  (folder / str(2 * UPDATES) / 'state').mkdir()                # epoch 7's state is missing
   (folder / 'preempted').mkdir()
-  assert checkpoint.saved_steps(str(folder)) == [2]
-  assert checkpoint.select_step(str(tmp_path), 'latest', 'x') == 2
-  assert checkpoint.best_step(str(folder)) == 2
+  assert checkpoint.saved_steps(str(folder)) == [2 * UPDATES]
+  assert checkpoint.select_step(str(tmp_path), 'latest', 'x') == 2  # the epoch
+  assert checkpoint.best_step(str(folder)) == 2 * UPDATES
 
 
 def test_shape_mismatch_names_the_first_difference():

@@ -120,7 +120,7 @@ def test_a_checkpoint_written_per_epoch_before_steps_counted_updates_resumes_exa
   c = tiny_run.config(batch_size=64)
   workdir, new = tmp_path / 'run', tmp_path / 'new'
   loop.train_and_evaluate(c, str(new), stop_after_epoch=1)
-  n = N * 4 // 64                               # updates an epoch at batch 64
+  n = tiny_run.STEPS_PER_EPOCH * tiny_run.OVERRIDES['batch_size'] // 64  # updates an epoch
   compiled = steps.CompiledSteps(c)
   compiled.setup(n)
   mngr = checkpoint.manager(str(new), 1)
