@@ -138,3 +138,14 @@ def test_dot_route_reads_the_compiled_dot(monkeypatch):
   for dtype in ('float32', 'bfloat16'):
     r = out['routes']['(default)'][dtype]
     assert 'dot_general' in r['route'] and r['gflop_s'] > 0
+
+
+def test_both_onednn_flags_route_a_float32_matmul_to_onednn(monkeypatch):
+  """The one oneDNN route of the pip jaxlib (results/fashion_mnist.md): both flags
+  together make the float32 matmul a oneDNN fusion; each alone leaves it to YNNPACK."""
+  both = '--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot'
+  assert both in bench_model.DOT_ROUTE_FLAGS
+  monkeypatch.setattr(bench_model, 'DOT_ROUTE_FLAGS', (both, '--xla_cpu_use_onednn=true'))
+  routes = bench_model.dot_routes()['routes']
+  assert any('onednn' in r for r in routes[both]['float32']['route'])
+  assert not any('onednn' in r for r in routes['--xla_cpu_use_onednn=true']['float32']['route'])

@@ -354,6 +354,9 @@ def bench_fmnist(rounds: int, warmup: int, timm: bool, batches=(64,)) -> dict:
 
 DOT_ROUTE_FLAGS = ('', '--xla_cpu_use_onednn=true',
                    '--xla_cpu_experimental_onednn_fusion_type=dot',
+                   # both together: oneDNN's graph-API fusion (__onednn_fusion), the one
+                   # oneDNN route compiled into the pip jaxlib (results/fashion_mnist.md)
+                   '--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot',
                    '--xla_cpu_experimental_ynn_fusion_type=invalid '
                    '--xla_cpu_experimental_onednn_fusion_type=dot',
                    '--xla_cpu_experimental_ynn_fusion_type=invalid --xla_cpu_use_onednn=true',
