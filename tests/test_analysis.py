@@ -10,6 +10,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import matplotlib.image
+import matplotlib.colors
 import numpy as np
 import pytest
 
@@ -354,5 +355,11 @@ def test_compare_per_layer_over_seeds(tmp_path):
   assert len(fig.axes) == 3
   legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
   assert legends[2] == ['configs/reg.py:fmnist']      # register norms: only the register run
+  # a variant keeps its colour from panel to panel (g1 is first in the gate panel only)
+  colours = {}
+  for ax in fig.axes:
+    for handle, text in zip(*ax.get_legend_handles_labels()):
+      colours.setdefault(text, set()).add(matplotlib.colors.to_hex(handle[0].get_color()))
+  assert all(len(c) == 1 for c in colours.values()) and len(colours) == 3
   assert [len(ax.get_lines()) for ax in fig.axes][0] < [len(ax.get_lines())
                                                           for ax in fig.axes][1]

@@ -121,6 +121,7 @@ def figure(result: dict, keys: list[str]):
                                  squeeze=False, layout='constrained')
   for ax in axes.flat[len(keys):]:
     ax.remove()
+  colour = {name: f'C{i}' for i, name in enumerate(variants)}   # one per variant, every panel
   for ax, key in zip(axes.flat, keys):
     what, unit = QUANTITIES[key]
     for name, v in variants.items():
@@ -129,7 +130,8 @@ def figure(result: dict, keys: list[str]):
       mean = np.asarray(v[key]['mean'])
       std = np.asarray(v[key]['std']) if v[key]['std'] is not None else None
       x = np.arange(1, len(mean) + 1)
-      ax.errorbar(x, mean, yerr=std, marker='o', ms=3, capsize=2, label=name)
+      ax.errorbar(x, mean, yerr=std, marker='o', ms=3, capsize=2, label=name,
+                  color=colour[name])
     ax.set_title(what, fontsize=8)
     ax.set_xlabel('block', fontsize=8)
     ax.set_ylabel(unit, fontsize=8)
