@@ -4,6 +4,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 
 from vit_jax import exits
 
@@ -70,8 +71,9 @@ def quiet_library_errors() -> None:
   tracebacks, before the run's one `error:` line says what failed and what is intact. Without
   --verbosity they are left out: orbax's log records below CRITICAL, the exceptions its
   threads end with, and the exceptions Python ignores in threads it did not start
-  (tensorstore's callbacks into a closed event loop); a crash of the main thread, or of any
-  other thread, still shows."""
+  (tensorstore's callbacks into a closed event loop), and the warning Python gives at exit
+  for each coroutine of an abandoned write that never ran (this package has no coroutines of
+  its own); a crash of the main thread, or of any other thread, still shows."""
   orbax = f'{os.sep}orbax{os.sep}'
   logging.get_absl_handler().addFilter(
       lambda record: orbax not in record.pathname or record.levelno >= python_logging.CRITICAL)
@@ -85,6 +87,7 @@ def quiet_library_errors() -> None:
     if not isinstance(threading.current_thread(), threading._DummyThread):
       unraisable_hook(args)
   threading.excepthook, sys.unraisablehook = thread_excepthook, unraisablehook
+  warnings.filterwarnings('ignore', r"coroutine '.*' was never awaited", RuntimeWarning)
 
 
 def main(argv):
