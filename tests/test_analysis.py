@@ -112,6 +112,8 @@ def test_attention_stats_by_hand():
   assert row['sink_share'] == pytest.approx(row['cls_share'])   # cls receives the most
   assert row['sink_kind'] == 'cls' and row['sink_index'] == 0
   assert row['register_share'] == pytest.approx((0.1 + 0.5 + 0.2 + 0.0) / 4)
+  # without registers: no register mass at all (None), not a share of 0
+  assert stats.attention_stats([a], vit.TokenLayout(1, 0, 3))[0]['register_share'] is None
   assert row['row_peak'] == pytest.approx((0.7 + 0.5 + 0.4 + 0.9) / 4)
   assert row['row_sum_max_error'] == pytest.approx(0.0, abs=1e-12)
 
@@ -315,8 +317,8 @@ def test_compare_per_layer_over_seeds(tmp_path):
   (numbers chosen by hand); a quantity only the gated variant has is left out of the
   other's column and panel; a run without analysis.json is named and left out."""
   def run(variant, seed, sinks, gates=None, registers=None):
-    # analysis.json writes register_share for every model (0 without registers) and the
-    # register norms as None where there are none.
+    # analysis.json written before this change has register_share 0 without registers
+    # (compare still leaves it out) and the register norms as None where there are none.
     layers = [{'sink_rate_any': s, 'cls_share': 0.1 * seed, 'register_share': 0.0,
                'norm_register_max': None} for s in sinks]
     for row, r in zip(layers, registers or []):

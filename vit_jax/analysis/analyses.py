@@ -192,8 +192,8 @@ ANALYSES = {
     # The largest activations of the residual stream (with the attention rows: sinks.png).
     'activations': Analysis(
         block_rows=lambda c: stats.activation_stats(c.blocks),
-        plots=lambda c, rows: [('sinks.png', plots.sinks(
-            rows['attention'], rows['activations'], registers=c.layout.num_registers > 0))]),
+        plots=lambda c, rows: [('sinks.png', plots.sinks(rows['attention'],
+                                                         rows['activations']))]),
     # Gate values per block and head (G1 / G2 models only).
     'gates': Analysis(
         block_rows=lambda c: stats.gate_stats(c.gates, c.config.analysis.gate_sparse_below),

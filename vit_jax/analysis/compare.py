@@ -43,8 +43,9 @@ QUANTITIES = {
     'outlier_kurtosis': ('kurtosis of the activations over channels', 'Pearson'),
 }
 
-# Quantities that analysis.json writes for every model (as 0) but that only a model with
-# registers has: left out where the runs have no register norms.
+# Quantities that only a model with registers has; analysis.json now writes them as None
+# without registers, but files written before did as 0: left out where the runs have no
+# register norms.
 NEEDS_REGISTERS = ('register_share',)
 
 

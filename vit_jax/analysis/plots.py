@@ -201,15 +201,15 @@ def gates(gate_rows: list[dict]):
   return fig
 
 
-def sinks(attn_rows: list[dict], act_rows: list[dict], registers: bool = True):
+def sinks(attn_rows: list[dict], act_rows: list[dict]):
   """Per block: attention mass on the most-attended token, on cls, on registers (only
-  where the model has them); the largest |x| of the residual stream; its ratio to the
-  median |x| (one quantity per axis)."""
+  where the model has them: a quantity that is None is not drawn); the largest |x| of the
+  residual stream; its ratio to the median |x| (one quantity per axis)."""
   blocks = np.arange(1, len(attn_rows) + 1)
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), layout='constrained')
   lines = (('sink_share', 'most-attended token'), ('cls_share', 'cls'),
            ('register_share', 'registers'), ('row_peak', 'mean row peak'))
-  for key, label in (l for l in lines if registers or l[0] != 'register_share'):
+  for key, label in (l for l in lines if attn_rows[0].get(l[0]) is not None):
     axes[0].plot(blocks, [r[key] for r in attn_rows], 'o-', label=label)
   axes[0].set_ylim(0, 1)
   axes[0].set_xlabel('block')

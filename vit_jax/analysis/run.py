@@ -221,6 +221,11 @@ def provenance(summary: dict) -> str:
           f"{summary['num_params']:,} parameters; {summary['probe_images']} probe images.")
 
 
+def _or_dash(value, spec: str) -> str:
+  """A table cell: '-' for a quantity the model does not have (None)."""
+  return '-' if value is None else format(value, spec)
+
+
 def report(summary: dict) -> str:
   """The short markdown report."""
   o = summary['output_norms']
@@ -241,7 +246,8 @@ def report(summary: dict) -> str:
     gate = f" {r['gate_mean']:.3f} | {r['gate_sparsity']:.3f} |" if summary['gates'] else ''
     lines.append(f"| {r['block']} | {r['l2_norm_mean']:.2f} | {r['l2_outlier_ratio']:.4f} | "
                  f"{r['max_over_median']:.2f} | {r['sink_share']:.3f} | {r['sink_kind']} | "
-                 f"{r['cls_share']:.3f} | {r['register_share']:.3f} | {r['act_max_abs']:.1f} |" + gate)
+                 f"{r['cls_share']:.3f} | {_or_dash(r['register_share'], '.3f')} | "
+                 f"{r['act_max_abs']:.1f} |" + gate)
   if summary['layers'] and 'norm_cls' in summary['layers'][0]:
     regs = summary['layers'][0]['norm_register_max'] is not None
     lines += ['', 'Token norms in the residual stream after each block (mean over the images):',
@@ -284,7 +290,6 @@ def _toolkit_report(summary: dict) -> list[str]:
               + f"; the patch map's peak is {r['map_max_over_uniform']:.2f}x uniform.", '']
   if layers and 'outlier_kurtosis' in layers[0]:
     has_defect = 'defect_sigma1' in layers[0]
-    fmt = lambda v: '-' if v is None else f'{v:.3f}'
     lines += ['| block | max abs x | kurtosis | top abs x (image, token kind index, channel): '
               'x / median | entropy (nats) / log T |'
               + (' defect sigma1 | cos high-norm | cos other |' if has_defect else ''),
@@ -295,8 +300,8 @@ def _toolkit_report(summary: dict) -> list[str]:
       row = (f"| {r['block']} | {r['outlier_max_abs']:.2f} | {r['outlier_kurtosis']:.2f} | "
              f"{top} | {r['entropy_mean']:.2f} / {r['entropy_uniform']:.2f} |")
       if has_defect:
-        row += (f" {r['defect_sigma1']:.3g} | {fmt(r['defect_cos_high_norm'])} | "
-                f"{fmt(r['defect_cos_normal'])} |")
+        row += (f" {r['defect_sigma1']:.3g} | {_or_dash(r['defect_cos_high_norm'], '.3f')} | "
+                f"{_or_dash(r['defect_cos_normal'], '.3f')} |")
       lines.append(row)
     lines.append('')
   t = summary.get('test_time_registers')

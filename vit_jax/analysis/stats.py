@@ -86,7 +86,8 @@ def attention_stats(attn: list[np.ndarray], lay: vit.TokenLayout, epsilon: float
   sink_kind: which kind of token that key most often is among those images, when they
   are at least half of the images ('none' otherwise: a sink in a few images is not
   the layer's sink). cls_share /
-  register_share: the mass on cls / on all registers. row_peak: the mean of
+  register_share: the mass on cls / on all registers (None for a model without
+  registers: no mass, not zero mass). row_peak: the mean of
   each row's largest weight (1 = every query attends one key).
   """
   rows = []
@@ -104,7 +105,8 @@ def attention_stats(attn: list[np.ndarray], lay: vit.TokenLayout, epsilon: float
         'sink_kind': max(sorted(set(kinds)), key=kinds.count),
         'sink_index': int(np.bincount(sink).argmax()),
         'cls_share': float(a[..., 0].mean()),
-        'register_share': float(a[..., lay.registers].sum(-1).mean()),
+        'register_share': (float(a[..., lay.registers].sum(-1).mean())
+                           if lay.num_registers else None),
         'row_peak': float(a.max(-1).mean()),
         'row_sum_max_error': float(np.abs(a.sum(-1) - 1).max()),
     })
