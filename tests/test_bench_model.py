@@ -6,7 +6,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from vit_jax.bench import model as bench_model
 from vit_jax.models import mixed

@@ -3,7 +3,6 @@ metrics, sink rate and the sink rule, entropy, rollout, singular defects, regist
 neurons and test-time registers, and plots on one shared colour scale."""
 import jax
 import jax.numpy as jnp
-import matplotlib.image
 import numpy as np
 import pytest
 

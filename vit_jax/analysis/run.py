@@ -14,7 +14,6 @@ workdir only receives the output (no training history: those fields are null).
 """
 import copy
 import glob
-import json
 import os
 import re
 

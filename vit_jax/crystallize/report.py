@@ -1,5 +1,4 @@
 """The study's outputs: a printed table, crystallize.json, and plots/*.png."""
-import json
 import os
 
 import numpy as np
@@ -16,8 +15,8 @@ def table(r: dict) -> str:
              else f'{r["calib_blocks"]} earlier blocks'),
           f'crystallized layers {r["layers"]} of {r["n_layer"]}, d_head {r["d_head"]}',
           '',
-          f'| model | d_r | PPL | delta PPL | top-1 loss recovered |',
-          f'|---|---|---|---|---|',
+          '| model | d_r | PPL | delta PPL | top-1 loss recovered |',
+          '|---|---|---|---|---|',
           f'| baseline (unmodified) | - | {base:.4f} | - | - |',
           f'| A top1 | 0 | {r["ppl_top1"]:.4f} | {r["ppl_top1"] - base:+.4f} | 0% |',
           f'| B full | {r["d_head"]} | {r["ppl_full"]:.4f} | {r["full_minus_baseline"]:+.2e} | - |']

@@ -17,7 +17,6 @@ ops to PIL images, so the ops here are pil_ops': 8-bit values, PIL's rounding.
 """
 import dataclasses
 import functools
-from typing import Callable
 
 import jax
 import jax.numpy as jnp

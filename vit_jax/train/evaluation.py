@@ -1,7 +1,6 @@
 """Host loops over the validation split: accuracy and losses, and the fixed probe batch."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vit_jax.data import pipeline
 from vit_jax.data import sources
