@@ -32,7 +32,10 @@ def read_run(path: str) -> dict:
       info = json.load(f)
   train_s = sum(float(r['epoch_time_s']) for r in rows)
   log = os.path.join(path, 'train.log')
-  resumed = os.path.exists(log) and 'resumed from' in open(log).read()
+  resumed = False
+  if os.path.exists(log):
+    with open(log) as f:
+      resumed = 'resumed from' in f.read()
   # run.json's wall time is the last sweep call's: for a run resumed after a kill it
   # covers the resumed part only, so the training time summed over epochs is kept too.
   wall = None if resumed else info.get('wall_s')
