@@ -108,9 +108,18 @@ def one(study: str, name: str, config: str, sets: list[str], seed: int, commit: 
           info=info)
 
 
-def teacher(commit: bool) -> None:
+def teacher(commit: bool, seeds: list[int]) -> None:
+  """Train the ResNet teacher (or resume it) unless its results are committed and either
+  its checkpoint is here or no distilled student is left to run: on a new machine the
+  committed metrics come without the checkpoint the students load, so it is trained
+  again (and its results replaced, the commit says so)."""
   dest = f'{OUT}/s001/teacher'
-  if os.path.exists(os.path.join(dest, 'metrics.csv')):
+  students_left = any(not os.path.exists(f'{OUT}/s001/{name}/seed={s}/analysis.json')
+                      for name, _, sets in STUDIES['s001'] if any('teacher.checkpoint' in a
+                                                                  for a in sets)
+                      for s in seeds)
+  committed = os.path.exists(os.path.join(dest, 'metrics.csv'))
+  if committed and (finished(TEACHER) or not students_left):
     return
   info = None
   if not finished(TEACHER):
@@ -123,7 +132,9 @@ def teacher(commit: bool) -> None:
     info = {'command': ' '.join(cmd[1:]), 'wall_s': time.time() - t0,
             'load_avg': [load0, os.getloadavg()[2]], 'host_cpus': os.cpu_count()}
   collect(TEACHER, dest, plots=False, commit=commit,
-          message='results/fashion_mnist: s001 ResNet teacher', info=info)
+          message='results/fashion_mnist: s001 ResNet teacher' + (
+              ' (trained again: the committed one had no checkpoint here)' if committed else ''),
+          info=info)
 
 
 def main():
@@ -133,10 +144,11 @@ def main():
   p.add_argument('--no-commit', action='store_true')
   a = p.parse_args()
   studies = a.only.split(',')
-  for seed in (int(s) for s in a.seeds.split(',')):
+  seeds = [int(s) for s in a.seeds.split(',')]
+  for seed in seeds:
     for study in studies:
       if study == 's001':
-        teacher(not a.no_commit)
+        teacher(not a.no_commit, seeds)
       if seed not in SEEDS.get(study, (seed,)):
         continue
       for name, config, sets in STUDIES[study]:
