@@ -5,18 +5,18 @@ r"""The numbers of results/fashion_mnist.md from the committed runs (results/fas
 Reads results/fashion_mnist/runs/<study>/<run>/seed=N/ (metrics.csv, analysis.json,
 sweep.json, train.log, as run_all.py copies them) and writes, per study, the top-1 over
 seeds (n, mean ± sample std, every seed's value, wall time per run) and each comparison
-the study asks for: the difference of the means, Welch's t and whether the two sets of
+the study asks for: the difference of the means, Welch's t and p (scipy) and whether the two sets of
 seeds overlap. The per-layer analysis tables and figure come from
 `python -m vit_jax.analysis.compare` (commands in results/fashion_mnist.md).
 """
 import csv
 import glob
 import json
-import math
 import os
 import re
 
 import numpy as np
+import scipy.stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNS = os.path.join(HERE, 'runs')
@@ -58,14 +58,15 @@ def stats(values) -> dict:
 
 
 def welch(a, b) -> dict:
-  """b - a: the difference of the means, Welch's t, and whether the seeds' ranges overlap."""
+  """b - a: the difference of the means, Welch's t, its degrees of freedom and two-sided p
+  (scipy), and whether the seeds' ranges overlap."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   out = {'diff': float(b.mean() - a.mean()) if len(a) and len(b) else None, 't': None,
-         'ranges_overlap': None}
+         'df': None, 'p': None, 'ranges_overlap': None}
   if len(a) > 1 and len(b) > 1:
-    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-    out['t'] = out['diff'] / se if se > 0 else math.inf
-    out['ranges_overlap'] = bool(a.max() >= b.min() and b.max() >= a.min())
+    r = scipy.stats.ttest_ind(b, a, equal_var=False)
+    out.update(t=float(r.statistic), df=float(r.df), p=float(r.pvalue),
+               ranges_overlap=bool(a.max() >= b.min() and b.max() >= a.min()))
   return out
 
 
@@ -87,9 +88,11 @@ def minutes(r: dict) -> str:
 
 
 def verdict(w: dict) -> str:
+  """Beyond the seed spread only when Welch's test says so at 5% (with 2-3 seeds a wide
+  t is needed: at df ~2, |t| > 4.3) and no seed of one side reaches the other's range."""
   if w['t'] is None:
     return 'too few seeds'
-  if not w['ranges_overlap'] and abs(w['t']) > 2:
+  if w['p'] < 0.05 and not w['ranges_overlap']:
     return 'beyond the seed spread'
   return 'inside the seed spread'
 
@@ -97,7 +100,7 @@ def verdict(w: dict) -> str:
 def table(study: str, names: list[str], base: str) -> tuple[list[str], dict]:
   lines = ['| run | n | best top-1 (%) | final top-1 (%) | seeds (best) | training minutes '
            '(wall, load avg) per seed '
-           f'| best vs {base}: difference, Welch t |', '|---|---|---|---|---|---|---|']
+           f'| best vs {base}: difference, Welch t, p |', '|---|---|---|---|---|---|---|']
   out = {}
   ref = [r['best'] for r in runs(study, base)]
   for name in names:
@@ -111,7 +114,8 @@ def table(study: str, names: list[str], base: str) -> tuple[list[str], dict]:
                  'load_avg': [r['load'] for r in rs],
                  'seeds': [r['seed'] for r in rs]}
     cmp = '-' if w is None or w['diff'] is None else (
-        f"{w['diff']:+.2f}" + (f", t = {w['t']:.2f} ({verdict(w)})" if w['t'] is not None
+        f"{w['diff']:+.2f}" + (f", t = {w['t']:.2f}, p = {w['p']:.3f} ({verdict(w)})"
+                               if w['t'] is not None
                                else ' (too few seeds)'))
     lines.append(f"| {name} | {best['n']} | {fmt(best)} | {fmt(final)} | "
                  f"{', '.join(f'{v:.2f}' for v in best['values'])} | "
