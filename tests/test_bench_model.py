@@ -148,3 +148,43 @@ def test_both_onednn_flags_route_a_float32_matmul_to_onednn(monkeypatch):
   routes = bench_model.dot_routes()['routes']
   assert any('onednn' in r for r in routes[both]['float32']['route'])
   assert not any('onednn' in r for r in routes['--xla_cpu_use_onednn=true']['float32']['route'])
+
+
+def test_op_region_and_kind_read_the_hlo_metadata():
+  """The classification of `--fmnist_profile`, on op names as the compiled step has them."""
+  hlo = ('  %ynn_fusion.3 = f32[8,4]{1,0} fusion(%a), kind=kCustom, metadata={op_name='
+         '"jit(train_step)/transpose(jvp(ViT))/block_0/mlp/fc1/dot_general" stack_frame_id=1}\n'
+         '  ROOT %copy.2 = f32[4,8]{1,0} copy(%b)\n')
+  names = bench_model.hlo_op_names(hlo)
+  assert names == {'ynn_fusion.3': 'jit(train_step)/transpose(jvp(ViT))/block_0/mlp/fc1/'
+                   'dot_general', 'copy.2': ''}
+  assert bench_model.op_region(names['ynn_fusion.3']) == 'backward'
+  assert bench_model.op_kind('ynn_fusion.3', names['ynn_fusion.3']) == 'matmul'
+  assert bench_model.op_region('jit(train_step)/jvp(ViT)/block_1/norm1/mul') == 'forward'
+  assert bench_model.op_region('jit(train_step)/augment_batch/pil_stage/mul') == 'augmentation'
+  assert bench_model.op_region('jit(train_step)/mul') == 'loss, optimizer, metrics'
+  assert bench_model.op_kind('ynn_fusion.7', 'jit(train_step)/jvp(ViT)/attn/reduce_max') == \
+      'elementwise'
+  assert bench_model.op_kind('transpose_copy_fusion.1', '') == 'layout'
+
+
+def test_profile_accounts_for_the_step():
+  """The traced ops of the :fmnist step (batch 8) add up to most of its wall time, and
+  every part a train step has shows: forward and backward matmuls, the augmentation, the
+  optimizer. A trace whose ops were not matched to the module would give ~0."""
+  import time
+  from vit_jax import config_lib
+  c = config_lib.load('vanilla', 'fmnist')
+  c.batch_size = 8
+  step = bench_model.JaxStep(c)
+  for _ in range(3):
+    step()
+  t0 = time.perf_counter()
+  for _ in range(5):
+    step()
+  wall_ms = (time.perf_counter() - t0) / 5 * 1e3
+  prof = bench_model.profile_step(step, 3)
+  for key in ('forward / matmul', 'backward / matmul', 'augmentation / elementwise',
+              'loss, optimizer, metrics / elementwise'):
+    assert prof.get(key, 0) > 0, (key, prof)
+  assert 0.3 * wall_ms <= prof['total'] <= 1.5 * wall_ms, (prof['total'], wall_ms)

@@ -20,7 +20,9 @@ on-device augmentation, LAMB, BCE), against the same matmuls timed bare (every G
 the step's forward and backward at its own shapes, in one jitted call) and, with --timm,
 timm's VisionTransformer of the same shape (eager; timm's Mixup on the batch, BCE on
 binarised targets, timm's LAMB), in interleaved rounds, with the batch sizes of
---fmnist_batches.
+--fmnist_batches. With --fmnist_profile N it then traces N steps (jax.profiler) and
+prints the step's time by region (forward, backward, augmentation, the rest) and kind of
+op (matmul, layout copy, elementwise).
 
 `dot_route` mode: where XLA:CPU sends a 6304x384x1536 matmul (ViT-S/16's MLP at batch
 32) under each set of DOT_ROUTE_FLAGS, and how fast it runs there: the kind of the
@@ -29,9 +31,14 @@ from the optimized HLO, float32 and bf16 inputs with float32 accumulation, one p
 per flag set. It also says whether the CPU has AMX: oneDNN, linked into jaxlib, has AMX
 kernels, so a dot routed to oneDNN on an AMX machine can reach them.
 """
+import collections
+import glob
+import gzip
 import json
 import os
+import re
 import statistics
+import tempfile
 import time
 
 from absl import flags
@@ -54,6 +61,9 @@ _MODE = flags.DEFINE_enum('mode', 'step', ['step', 'epoch', 'fmnist', 'dot_route
 _FMNIST_BATCHES = flags.DEFINE_list('fmnist_batches', ['64'], '`--mode fmnist`: batch sizes.')
 _FMNIST_CONFIG = flags.DEFINE_string('fmnist_config', 'vanilla',
                                      '`--mode fmnist`: the config whose :fmnist step is timed.')
+_FMNIST_PROFILE = flags.DEFINE_integer(
+    'fmnist_profile', 0, '`--mode fmnist`: after the timed rounds, trace this many steps with '
+    "jax.profiler and print where the step's time goes (0: no trace).")
 _SHAPES = flags.DEFINE_list('shapes', ['32', '224'], 'Image sizes: 32 (patch 4), 224 (patch 16).')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
 _VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'Model variants.')
@@ -320,7 +330,70 @@ def gemm_runner(shapes, dtype=jnp.float32):
                                                           for bb, mm, kk, nn in shapes)
 
 
-def bench_fmnist(rounds: int, warmup: int, timm: bool, batches=(64,)) -> dict:
+# Where an op of the compiled step comes from, read from its HLO metadata (op_name): the
+# model's backward pass sits under `transpose(jvp(...))`, its forward under `jvp(...)`;
+# the on-device augmentation and its random numbers under these names; the rest is the
+# loss, the optimizer (LAMB), the non-finite guard and the metrics.
+_AUGMENT_NAMES = ('augment', 'pil_stage', 'mix', 'threefry', 'random', '_uniform', '_randint',
+                  '_bernoulli', '_beta', '_gamma', '_shuffle')
+
+
+def op_region(op_name: str) -> str:
+  if 'transpose(jvp(' in op_name:
+    return 'backward'
+  if 'jvp(' in op_name:
+    return 'forward'
+  if any(a in op_name for a in _AUGMENT_NAMES):
+    return 'augmentation'
+  return 'loss, optimizer, metrics'
+
+
+def op_kind(name: str, op_name: str) -> str:
+  """matmul (a dot, or a fusion whose root is one), layout (a copy or transpose), or
+  elementwise (every other fusion: LayerNorm, softmax, GELU, reductions, updates)."""
+  if name.startswith(('dot', 'onednn')) or op_name.endswith('dot_general'):
+    return 'matmul'
+  if name.startswith(('copy', 'transpose')):
+    return 'layout'
+  return 'elementwise'
+
+
+def hlo_op_names(hlo_text: str) -> dict:
+  """Instruction name -> op_name metadata ('' when it has none) of a compiled module."""
+  out = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r'\s*(?:ROOT )?%(\S+) = ', line)
+    if m:
+      o = re.search(r'op_name="([^"]*)"', line)
+      out[m.group(1)] = o.group(1) if o else ''
+  return out
+
+
+def profile_step(step: 'JaxStep', n: int) -> dict:
+  """Milliseconds per step by (region, kind), from a jax.profiler trace of `n` steps.
+
+  Each executed HLO op of the trace is matched by name to the compiled module and
+  classified by `op_region` and `op_kind`; 'total' is their sum (the device time of the
+  ops, without the Python around them)."""
+  names = hlo_op_names(step.compiled.as_text())
+  ms = collections.Counter()
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d, create_perfetto_trace=True):
+      for _ in range(n):
+        step()
+    [path] = glob.glob(os.path.join(d, '**', '*.trace.json.gz'), recursive=True)
+    with gzip.open(path) as f:
+      trace = json.load(f)
+  for e in trace['traceEvents'] if isinstance(trace, dict) else trace:
+    if e.get('ph') == 'X' and e.get('name') in names:
+      op = names[e['name']]
+      ms[f'{op_region(op)} / {op_kind(e["name"], op)}'] += e['dur'] / 1e3 / n
+  out = dict(sorted(ms.items(), key=lambda kv: -kv[1]))
+  out['total'] = sum(ms.values())
+  return out
+
+
+def bench_fmnist(rounds: int, warmup: int, timm: bool, batches=(64,), profile: int = 0) -> dict:
   out = {'config': f'configs/{_FMNIST_CONFIG.value}.py:fmnist', 'batches': []}
   for batch in batches:
     c = config_lib.load(_FMNIST_CONFIG.value, 'fmnist')
@@ -349,6 +422,10 @@ def bench_fmnist(rounds: int, warmup: int, timm: bool, batches=(64,)) -> dict:
           f" GFLOP/s at the step's shapes (they take {row['gemm_share_of_step']:.0%} of its time)"
           + (f"; timm eager {row['timm_step_s'] * 1e3:.1f} ms: ours {row['ours_over_timm_speed']:.2f}x"
              if timm else ''), flush=True)
+    if profile:
+      row['profile_ms'] = profile_step(ours, profile)
+      print(f'  where the step goes (jax.profiler, {profile} steps, ms per step): ' + '; '.join(
+          f'{k} {v:.1f}' for k, v in row['profile_ms'].items()), flush=True)
   return out
 
 
@@ -423,7 +500,8 @@ def run(save=lambda results: None) -> dict:
     return results
   if _MODE.value == 'fmnist':
     results['fmnist'] = bench_fmnist(_STEPS.value, _WARMUP.value, _TIMM.value,
-                                     [int(b) for b in _FMNIST_BATCHES.value])
+                                     [int(b) for b in _FMNIST_BATCHES.value],
+                                     _FMNIST_PROFILE.value)
     return results
   if _MODE.value == 'epoch':
     results['epochs'] = []
