@@ -283,3 +283,15 @@ def test_ctrl_c_is_one_line_and_the_same_command_goes_on(tmp_path):
   again = run_sweep(args)
   assert again.returncode == 0, again.stdout + again.stderr
   assert '[1/1] seed=0: done' in again.stdout
+
+
+def test_mean_std_is_the_sample_std_and_says_none_when_it_cannot():
+  """The one mean +- std of every report (scoreboard, results/fashion_mnist/report.py,
+  bench peer), against the standard library's sample statistics."""
+  import statistics
+  from vit_jax.analysis import scoreboard
+  assert scoreboard.mean_std([]) == (None, None)
+  assert scoreboard.mean_std([76.5]) == (76.5, None)
+  mean, std = scoreboard.mean_std([76.46, 77.24, 77.29])
+  assert mean == pytest.approx(statistics.mean([76.46, 77.24, 77.29]), abs=1e-12)
+  assert std == pytest.approx(statistics.stdev([76.46, 77.24, 77.29]), abs=1e-12)

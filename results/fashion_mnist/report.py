@@ -18,6 +18,8 @@ import re
 import numpy as np
 import scipy.stats
 
+from vit_jax.analysis import scoreboard
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNS = os.path.join(HERE, 'runs')
 
@@ -52,9 +54,8 @@ def runs(study: str, name: str) -> list[dict]:
 
 
 def stats(values) -> dict:
-  a = np.asarray(values, np.float64)
-  return {'n': len(a), 'mean': float(a.mean()) if len(a) else None,
-          'std': float(a.std(ddof=1)) if len(a) > 1 else None, 'values': a.tolist()}
+  mean, std = scoreboard.mean_std(values)
+  return {'n': len(values), 'mean': mean, 'std': std, 'values': [float(v) for v in values]}
 
 
 def welch(a, b) -> dict:

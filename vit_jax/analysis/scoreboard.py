@@ -103,10 +103,11 @@ def variant(workdir: str) -> tuple[str, str]:
   return workdir, os.path.basename(os.path.normpath(workdir))   # a variant of its own
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-  """The mean and the sample standard deviation (ddof=1; None for one value)."""
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+  """The mean (None for no value) and the sample standard deviation (ddof=1; None for
+  fewer than two values)."""
   a = np.asarray(values, np.float64)
-  return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else None)
+  return (float(a.mean()) if len(a) else None), (float(a.std(ddof=1)) if len(a) > 1 else None)
 
 
 def over_seeds(rows: list[dict]) -> list[dict]:
@@ -123,8 +124,8 @@ def over_seeds(rows: list[dict]) -> list[dict]:
     if not runs:
       out.append({'variant': name, 'n': 0, 'runs': [], 'unfinished': unfinished})
       continue
-    best_mean, best_std = _mean_std([r['best_val_acc1'] for r in runs])
-    final_mean, final_std = _mean_std([r['final_val_acc1'] for r in runs])
+    best_mean, best_std = mean_std([r['best_val_acc1'] for r in runs])
+    final_mean, final_std = mean_std([r['final_val_acc1'] for r in runs])
     out.append({'variant': name, 'n': len(runs), 'runs': [r['run'] for r in runs],
                 'unfinished': unfinished,
                 'best_val_acc1_mean': best_mean, 'best_val_acc1_std': best_std,

@@ -28,6 +28,7 @@ from absl import flags
 import numpy as np
 
 from vit_jax import config_lib
+from vit_jax.analysis import scoreboard
 from vit_jax.data import fashion_mnist as fm
 from vit_jax.train import metrics_io
 
@@ -160,9 +161,8 @@ def timm_side(c, seed: int) -> dict:
 
 
 def _stats(values):
-  a = np.asarray(values, np.float64)
-  return {'mean': float(a.mean()), 'std': float(a.std(ddof=1)) if len(a) > 1 else None,
-          'values': a.tolist()}
+  mean, std = scoreboard.mean_std(values)
+  return {'mean': mean, 'std': std, 'values': [float(v) for v in values]}
 
 
 def summary(rounds: list) -> dict:
