@@ -126,6 +126,7 @@ def table(study: str, names: list[str], base: str) -> tuple[list[str], dict]:
                  'wall_min': [None if r['wall_min'] is None else round(r['wall_min'], 1)
                               for r in rs],
                  'load_avg': [r['load'] for r in rs],
+                 'images_per_s': [round(r['images_per_s'], 1) for r in rs],
                  'seeds': [r['seed'] for r in rs]}
     lines.append(f"| {name} | {best['n']} | {fmt(best)} | {fmt(final)} | "
                  f"{', '.join(f'{v:.2f}' for v in final['values'])} | "
@@ -142,6 +143,14 @@ def main():
   for study, names, base in sections:
     lines, js[study] = table(study, names, base)
     md += [f'### {study}', ''] + lines + ['']
+    speeds = {n: js[study][n]['images_per_s'] for n in names if js[study][n]['images_per_s']}
+    if len(speeds) > 1:   # the runs' own training speed (the median epoch of each seed)
+      mean = {n: float(np.mean(v)) for n, v in speeds.items()}
+      md += ['Training images/s (median epoch, mean over seeds; the runs ran one after '
+             'another on this machine): ' + ', '.join(
+                 f'{n} {v:.0f}' + (f' ({mean[base] / v:.2f}x the step time of {base})'
+                                   if n != base and base in mean else '')
+                 for n, v in mean.items()) + '.', '']
   teacher = os.path.join(RUNS, 's001', 'teacher', 'metrics.csv')
   if os.path.exists(teacher):
     with open(teacher) as f:
@@ -149,6 +158,13 @@ def main():
     js['teacher'] = {'best': max(acc), 'final': acc[-1], 'epochs': len(acc)}
     md += [f"Teacher (ResNet, configs/teacher_resnet.py:fmnist): best {max(acc):.2f}%, final "
            f"{acc[-1]:.2f}% after {len(acc)} epochs.", '']
+  js['best'] = {}
+  for path in sorted(glob.glob(os.path.join(RUNS, 'best', '*'))):   # one seed each
+    name = os.path.basename(path)
+    for r in runs('best', name):
+      js['best'][name] = r
+      md += [f"Best in ~30 minutes ({name}, seed {r['seed']}): best {r['best']:.2f}%, final "
+             f"{r['final']:.2f}% after {r['epochs']} epochs, {minutes(r)} minutes.", '']
   with open(os.path.join(HERE, 'summary.md'), 'w') as f:
     f.write('\n'.join(md) + '\n')
   with open(os.path.join(HERE, 'summary.json'), 'w') as f:
