@@ -103,7 +103,8 @@ def compared(w: dict | None) -> str:
     return '-'
   if w['t'] is None:
     return f"{w['diff']:+.2f} (too few seeds)"
-  return f"{w['diff']:+.2f}, t = {w['t']:.2f}, p = {w['p']:.3f} ({verdict(w)})"
+  p = f"p = {w['p']:.3f}" if w['p'] >= 0.001 else 'p < 0.001'
+  return f"{w['diff']:+.2f}, t = {w['t']:.2f}, {p} ({verdict(w)})"
 
 
 def table(study: str, names: list[str], base: str) -> tuple[list[str], dict]:
