@@ -172,17 +172,11 @@ def test_profile_accounts_for_the_step():
   """The traced ops of the :fmnist step (batch 8) add up to most of its wall time, and
   every part a train step has shows: forward and backward matmuls, the augmentation, the
   optimizer. A trace whose ops were not matched to the module would give ~0."""
-  import time
   from vit_jax import config_lib
   c = config_lib.load('vanilla', 'fmnist')
   c.batch_size = 8
   step = bench_model.JaxStep(c)
-  for _ in range(3):
-    step()
-  t0 = time.perf_counter()
-  for _ in range(5):
-    step()
-  wall_ms = (time.perf_counter() - t0) / 5 * 1e3
+  wall_ms = bench_model.interleaved_medians({'step': step}, rounds=5, warmup=3)['step'] * 1e3
   prof = bench_model.profile_step(step, 3)
   for key in ('forward / matmul', 'backward / matmul', 'augmentation / elementwise',
               'loss, optimizer, metrics / elementwise'):
