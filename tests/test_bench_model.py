@@ -168,6 +168,20 @@ def test_op_region_and_kind_read_the_hlo_metadata():
   assert bench_model.op_kind('transpose_copy_fusion.1', '') == 'layout'
 
 
+def test_own_durations_count_nested_ops_once():
+  """A `while` op of 10 us running two body ops of 3 and 4 us owns 3 us; an op that starts
+  where another ends is not nested in it; another thread is apart; instant events are not
+  ops. The sum of own times is the threads' busy time, 10 + 2 + 5."""
+  events = [{'ph': 'X', 'name': 'while.1', 'ts': 100, 'dur': 10, 'pid': 1, 'tid': 1},
+            {'ph': 'X', 'name': 'fusion.2', 'ts': 101, 'dur': 3, 'pid': 1, 'tid': 1},
+            {'ph': 'X', 'name': 'fusion.3', 'ts': 105, 'dur': 4, 'pid': 1, 'tid': 1},
+            {'ph': 'X', 'name': 'copy.4', 'ts': 110, 'dur': 2, 'pid': 1, 'tid': 1},
+            {'ph': 'X', 'name': 'fusion.5', 'ts': 102, 'dur': 5, 'pid': 1, 'tid': 2},
+            {'ph': 'i', 'name': 'marker', 'ts': 103, 'pid': 1, 'tid': 1}]
+  own = {e['name']: d for e, d in bench_model.own_durations(events)}
+  assert own == {'while.1': 3, 'fusion.2': 3, 'fusion.3': 4, 'copy.4': 2, 'fusion.5': 5}
+
+
 def test_profile_accounts_for_the_step():
   """The traced ops of the :fmnist step (batch 8) add up to most of its wall time, and
   every part a train step has shows: forward and backward matmuls, the augmentation, the
@@ -181,4 +195,4 @@ def test_profile_accounts_for_the_step():
   for key in ('forward / matmul', 'backward / matmul', 'augmentation / elementwise',
               'loss, optimizer, metrics / elementwise'):
     assert prof.get(key, 0) > 0, (key, prof)
-  assert 0.3 * wall_ms <= prof['total'] <= 1.5 * wall_ms, (prof['total'], wall_ms)
+  assert 0.3 * wall_ms <= prof['total'] <= 1.2 * wall_ms, (prof['total'], wall_ms)

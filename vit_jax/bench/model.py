@@ -369,12 +369,34 @@ def hlo_op_names(hlo_text: str) -> dict:
   return out
 
 
+def own_durations(events) -> list:
+  """(event, its own duration) for each complete ('X') event of a Chrome trace: its
+  duration less that of the events nested directly in it on the same thread, so an op that
+  runs others (a `while` and its body) is not counted twice."""
+  by_thread = collections.defaultdict(list)
+  for e in events:
+    if e.get('ph') == 'X':
+      by_thread[(e.get('pid'), e.get('tid'))].append(e)
+  out = []
+  for evs in by_thread.values():
+    evs.sort(key=lambda e: (e['ts'], -e['dur']))
+    stack, child = [], {}
+    for e in evs:
+      while stack and stack[-1]['ts'] + stack[-1]['dur'] <= e['ts']:
+        stack.pop()
+      if stack:
+        child[id(stack[-1])] = child.get(id(stack[-1]), 0) + e['dur']
+      stack.append(e)
+    out += [(e, e['dur'] - child.get(id(e), 0)) for e in evs]
+  return out
+
+
 def profile_step(step: 'JaxStep', n: int) -> dict:
   """Milliseconds per step by (region, kind), from a jax.profiler trace of `n` steps.
 
   Each executed HLO op of the trace is matched by name to the compiled module and
-  classified by `op_region` and `op_kind`; 'total' is their sum (the device time of the
-  ops, without the Python around them)."""
+  classified by `op_region` and `op_kind` with its own time (`own_durations`); 'total' is
+  their sum (the device time of the ops, without the Python around them)."""
   names = hlo_op_names(step.compiled.as_text())
   ms = collections.Counter()
   with tempfile.TemporaryDirectory() as d:
@@ -384,10 +406,11 @@ def profile_step(step: 'JaxStep', n: int) -> dict:
     [path] = glob.glob(os.path.join(d, '**', '*.trace.json.gz'), recursive=True)
     with gzip.open(path) as f:
       trace = json.load(f)
-  for e in trace['traceEvents'] if isinstance(trace, dict) else trace:
-    if e.get('ph') == 'X' and e.get('name') in names:
+  events = trace['traceEvents'] if isinstance(trace, dict) else trace
+  for e, own in own_durations(events):
+    if e.get('name') in names:
       op = names[e['name']]
-      ms[f'{op_region(op)} / {op_kind(e["name"], op)}'] += e['dur'] / 1e3 / n
+      ms[f'{op_region(op)} / {op_kind(e["name"], op)}'] += own / 1e3 / n
   out = dict(sorted(ms.items(), key=lambda kv: -kv[1]))
   out['total'] = sum(ms.values())
   return out
