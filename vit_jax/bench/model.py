@@ -407,10 +407,10 @@ def profile_step(step: 'JaxStep', n: int) -> dict:
     with gzip.open(path) as f:
       trace = json.load(f)
   events = trace['traceEvents'] if isinstance(trace, dict) else trace
-  for e, own in own_durations(events):
-    if e.get('name') in names:
-      op = names[e['name']]
-      ms[f'{op_region(op)} / {op_kind(e["name"], op)}'] += own / 1e3 / n
+  # Only the module's ops: a trace event of some library inside an op is part of the op.
+  for e, own in own_durations([e for e in events if e.get('name') in names]):
+    op = names[e['name']]
+    ms[f'{op_region(op)} / {op_kind(e["name"], op)}'] += own / 1e3 / n
   out = dict(sorted(ms.items(), key=lambda kv: -kv[1]))
   out['total'] = sum(ms.values())
   return out
