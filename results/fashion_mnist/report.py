@@ -166,6 +166,17 @@ def main():
       js['best'][name] = r
       md += [f"Best in ~30 minutes ({name}, seed {r['seed']}): best {r['best']:.2f}%, final "
              f"{r['final']:.2f}% after {r['epochs']} epochs, {minutes(r)} minutes.", '']
+  peer = os.path.join(HERE, 'peer.json')   # bench peer: ours and timm, the same seeds
+  if os.path.exists(peer):
+    with open(peer) as f:
+      rounds = [r for r in json.load(f)['rounds'] if 'timm' in r]
+    sides = {k: [r[k]['val_acc1'][-1] for r in rounds] for k in ('ours', 'timm')}
+    w = welch(sides['timm'], sides['ours'])
+    js['peer'] = {k: stats(v) for k, v in sides.items()} | {'ours_minus_timm': w}
+    md += [f"Peer (peer.json, final top-1, seeds {[r['seed'] for r in rounds]}): ours "
+           f"{fmt(js['peer']['ours'])}, timm + torch {fmt(js['peer']['timm'])}: "
+           + (f"{w['diff']:+.2f}, t = {w['t']:.2f}, p = {w['p']:.3f} ({verdict(w)})."
+              if w['t'] is not None else verdict(w) + '.'), '']
   with open(os.path.join(HERE, 'summary.md'), 'w') as f:
     f.write('\n'.join(md) + '\n')
   with open(os.path.join(HERE, 'summary.json'), 'w') as f:
