@@ -1,6 +1,7 @@
 import importlib.util
 import os
 import sys
+import time
 
 # torch._dynamo (imported by timm and by transformers whenever torch is installed)
 # loads triton, which crashes the process (SIGSEGV) when it is loaded after
@@ -57,3 +58,15 @@ def run_main_batch(arg_lists, env=None, timeout=600):
     done.append(subprocess.CompletedProcess(args, r['returncode'], r['stdout'], r['stderr']))
     done[-1].seconds = r['seconds']
   return done
+
+
+def wait_until_stopped(pid, proc, timeout=300):
+  """Until process `pid` (`proc` or a process under it) is stopped by a signal."""
+  end = time.time() + timeout
+  while True:
+    with open(f'/proc/{pid}/stat') as f:
+      if f.read().rsplit(')', 1)[1].split()[0] == 'T':
+        return
+    assert proc.poll() is None, proc.stdout.read()
+    assert time.time() < end, f'process {pid} never stopped'
+    time.sleep(0.05)

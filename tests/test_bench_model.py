@@ -195,4 +195,7 @@ def test_profile_accounts_for_the_step():
   for key in ('forward / matmul', 'backward / matmul', 'augmentation / elementwise',
               'loss, optimizer, metrics / elementwise'):
     assert prof.get(key, 0) > 0, (key, prof)
-  assert 0.3 * wall_ms <= prof['total'] <= 1.2 * wall_ms, (prof['total'], wall_ms)
+  # Tracing adds a cost per op, which differs by machine: the sum was 0.85-0.91x of the
+  # untraced step on this project's AMD EPYC and 1.22x on CI's machine (1.2x failed there).
+  # Counting nested ops twice is test_own_durations_count_nested_ops_once's to catch.
+  assert 0.3 * wall_ms <= prof['total'] <= 1.5 * wall_ms, (prof['total'], wall_ms)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, run_main, snapshot
+from conftest import REPO, run_main, snapshot, wait_until_stopped
 import tiny_run
 from vit_jax.train import checkpoint
 from vit_jax.train import loop
@@ -37,23 +37,17 @@ def _start(cmd, env=None):
                           text=True, env=dict(os.environ, **tiny_run.ENV, **(env or {})))
 
 
-def _wait_for(path, proc, timeout=300):
-  """Until `path` exists (a finished checkpoint step is renamed into place)."""
-  end = time.time() + timeout
-  while not os.path.exists(path):
-    assert proc.poll() is None, proc.stdout.read()
-    assert time.time() < end, f'{path} never appeared'
-    time.sleep(0.05)
-
-
 def test_sigkill_mid_epoch_then_autorestart_completes_exactly(tmp_path):
   workdir = tmp_path / 'run'
+  # The restarted trainer resumes at epoch 2 and makes fewer updates than the fault counts.
   proc = _start(['bash', 'launch/autorestart.sh', sys.executable, '-m', 'vit_jax.main',
-                 *tiny_run.args(workdir)], env={'BACKOFF_S': '1'})
+                 *tiny_run.args(workdir)],
+                env={'BACKOFF_S': '1',
+                     'VIT_JAX_FAULT': f'step:{tiny_run.STEPS_PER_EPOCH + 100}:STOP'})
   first = proc.stdout.readline()
   assert first.startswith('autorestart: started pid'), first
   child = int(first.split()[3].rstrip(':'))
-  _wait_for(workdir / 'checkpoints' / str(tiny_run.STEPS_PER_EPOCH), proc)   # epoch 1's
+  wait_until_stopped(child, proc)             # 100 updates into epoch 2, by VIT_JAX_FAULT
   os.kill(child, signal.SIGKILL)               # the trainer, not the wrapper
   assert [r['epoch'] for r in tiny_run.rows(workdir)] == ['1']   # epoch 2 was cut short
   out, _ = proc.communicate(timeout=600)
@@ -65,16 +59,18 @@ def test_sigkill_mid_epoch_then_autorestart_completes_exactly(tmp_path):
 
 def test_sigterm_checkpoints_mid_epoch_exits_75_and_resumes_exactly(tmp_path):
   workdir = tmp_path / 'run'
+  n = tiny_run.STEPS_PER_EPOCH
+  # The trainer stops itself 100 updates into epoch 2 (a sleep after epoch 1's checkpoint
+  # was a race: on a fast machine epoch 2 ended first); the SIGTERM comes from outside.
   proc = _start(['bash', 'launch/local.sh', *tiny_run.args(workdir)[4:]],
                 env={'CONFIG': 'configs/vanilla.py:quick', 'WORKDIR': str(workdir),
-                     'PYTHON': sys.executable})
-  _wait_for(workdir / 'checkpoints' / str(tiny_run.STEPS_PER_EPOCH), proc)   # epoch 1's
-  time.sleep(0.3)
-  proc.send_signal(signal.SIGTERM)             # local.sh execs: this is the trainer
+                     'PYTHON': sys.executable, 'VIT_JAX_FAULT': f'step:{n + 100}:STOP'})
+  wait_until_stopped(proc.pid, proc)          # local.sh execs: this is the trainer
+  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signal.SIGCONT)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == EXIT_PREEMPTED, out[-3000:]
   assert 'preempted: SIGTERM at step' in out and 'run the same command to resume' in out
-  n = tiny_run.STEPS_PER_EPOCH
   saved = [s for s in checkpoint.saved_steps(str(workdir / 'checkpoints')) if s % n]
   assert len(saved) == 1
   step = saved[0]

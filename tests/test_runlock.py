@@ -3,6 +3,7 @@ from another host, and the lock's own rules."""
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_main
+from conftest import REPO, run_main, wait_until_stopped
 import tiny_run
 from vit_jax import runlock
 from vit_jax.train import loop
@@ -44,14 +45,13 @@ def _listing(workdir):
 
 def test_a_second_run_is_refused_while_the_first_lives(tmp_path):
   workdir = tmp_path / 'run'
+  # The first run stops itself at its 100th update (past taking the lock), so it is alive
+  # whatever the machine's speed while the second tries, and goes on after.
   first = subprocess.Popen([sys.executable, '-m', 'vit_jax.main', *tiny_run.args(workdir)],
-                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ, **tiny_run.ENV))
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=dict(os.environ, **tiny_run.ENV, VIT_JAX_FAULT='step:100:STOP'))
+  wait_until_stopped(first.pid, first)
   lock = workdir / runlock.LOCK
-  end = time.time() + 120
-  while not lock.exists():
-    assert first.poll() is None and time.time() < end, first.communicate()
-    time.sleep(0.05)
   owner = json.loads(lock.read_text())
   assert owner['pid'] == first.pid and owner['host'] == socket.gethostname()
 
@@ -61,8 +61,9 @@ def test_a_second_run_is_refused_while_the_first_lives(tmp_path):
   assert f'pid {first.pid} on host {socket.gethostname()}' in lines[0]
   assert lines[0].startswith(f"error: workdir '{workdir}' is in use by a live run")
 
-  out, err = first.communicate(timeout=600)        # the first is unaffected
-  assert first.returncode == 0, err[-3000:]
+  first.send_signal(signal.SIGCONT)
+  out, _ = first.communicate(timeout=600)          # the first is unaffected
+  assert first.returncode == 0, out[-3000:]
   tiny_run.assert_same_metrics(tiny_run.rows(workdir))
   assert not lock.exists()                          # given back at the end
 

@@ -1,10 +1,10 @@
 """Named points of the training loop where a test can make the process fail on purpose.
 
 `VIT_JAX_FAULT=<point>:<n>[:<signal>][,...]` sends this process the signal (KILL by
-default, or TERM) the n-th time (1-based) it passes `point`, so that a test can stop a
-run at an exact instant, e.g. while a checkpoint is half written, and check what the
-next run makes of it. Unset (always, outside tests), a point costs one environment
-lookup.
+default, or another by name: TERM, STOP) the n-th time (1-based) it passes `point`, so
+that a test can stop a run at an exact instant, e.g. while a checkpoint is half written,
+and check what the next run makes of it. Unset (always, outside tests), a point costs one
+environment lookup.
 
 Points: 'step' (after a train step is dispatched), 'epoch_checkpoint' (while the epoch's
 checkpoint is being written), 'metrics' (metrics.csv written aside, not yet in place),
