@@ -62,11 +62,9 @@ def run_main_batch(arg_lists, env=None, timeout=600):
 
 def wait_until_stopped(pid, proc, timeout=300):
   """Until process `pid` (`proc` or a process under it) is stopped by a signal."""
+  from vit_jax import runlock
   end = time.time() + timeout
-  while True:
-    with open(f'/proc/{pid}/stat') as f:
-      if f.read().rsplit(')', 1)[1].split()[0] == 'T':
-        return
+  while (runlock.proc_stat(pid) or ['gone'])[0] != 'T':
     assert proc.poll() is None, proc.stdout.read()
     assert time.time() < end, f'process {pid} never stopped'
     time.sleep(0.05)

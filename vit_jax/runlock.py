@@ -29,13 +29,20 @@ class Locked(ValueError):
   """The workdir is in use by a live run (the message is one line)."""
 
 
-def _proc_start(pid: int) -> str | None:
-  """The start time of process `pid` in clock ticks (Linux /proc), None if unknown."""
+def proc_stat(pid: int) -> list[str] | None:
+  """The fields of Linux's /proc/<pid>/stat after the command name (which may hold spaces
+  and parentheses): [0] the state, [19] the start time in clock ticks; None if unknown."""
   try:
     with open(f'/proc/{pid}/stat') as f:
-      return f.read().rsplit(')', 1)[1].split()[19]
+      return f.read().rsplit(')', 1)[1].split()
   except (OSError, IndexError):
     return None
+
+
+def _proc_start(pid: int) -> str | None:
+  """The start time of process `pid` in clock ticks (Linux /proc), None if unknown."""
+  fields = proc_stat(pid)
+  return fields[19] if fields and len(fields) > 19 else None
 
 
 def _me() -> dict:
